@@ -1,0 +1,1 @@
+//! Attribute macros for Kagzi (`#[workflow]`, `#[step]`); filled in by the macro work.

@@ -1,0 +1,147 @@
+//! Extractors that answer bad input with the API's problem bodies instead of axum's plain
+//! text, and the payload size check.
+
+use std::io;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// The payload limit in force, put in each request's extensions by the router.
+#[derive(Debug, Clone, Copy)]
+pub struct PayloadLimit(pub usize);
+
+/// A JSON body (and JSON response) whose rejections are problem bodies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<PayloadLimit>().copied();
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection, limit)),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_rejection(rejection: JsonRejection, limit: Option<PayloadLimit>) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::InvalidBody(e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(e.body_text()),
+        JsonRejection::MissingJsonContentType(e) => ApiError::UnsupportedMediaType(e.body_text()),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+            what: "request body".to_owned(),
+            limit: limit.map_or(0, |l| l.0),
+        },
+        other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// Path parameters whose rejections are problem bodies.
+#[derive(Debug, Clone, Copy)]
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                Err(ApiError::BadRequest(e.body_text()))
+            }
+            Err(other) => Err(ApiError::Internal(other.body_text())),
+        }
+    }
+}
+
+/// Query parameters whose rejections are problem bodies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(ApiError::BadRequest(e.body_text()))
+            }
+            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+        }
+    }
+}
+
+/// Refuses `value` when its JSON encoding is longer than `limit` bytes.
+///
+/// # Errors
+/// [`ApiError::PayloadTooLarge`] naming `what` and the limit.
+pub fn check_payload<T: Serialize>(what: &str, value: &T, limit: usize) -> Result<(), ApiError> {
+    let mut counter = ByteCounter(0);
+    // Writing to a counter cannot fail, and a serde_json::Value always serializes.
+    let _ = serde_json::to_writer(&mut counter, value);
+    if counter.0 > limit {
+        return Err(ApiError::PayloadTooLarge {
+            what: what.to_owned(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+struct ByteCounter(usize);
+
+impl io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_check_counts_the_json_encoding() {
+        let value = serde_json::json!("x".repeat(10)); // 12 bytes with the quotes
+        assert!(check_payload("input", &value, 12).is_ok());
+        let err = check_payload("input", &value, 11).expect_err("one byte over the limit");
+        assert_eq!(
+            err.to_string(),
+            "input is larger than the limit of 11 bytes"
+        );
+    }
+}

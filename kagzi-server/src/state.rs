@@ -1,0 +1,43 @@
+//! The state every request handler shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::engine::wakeup::Wakeups;
+use crate::store::{Backoff, PgStore};
+
+/// Shared server state: the store, the wake-up registries and the settings.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: PgStore,
+    /// Local waiters for queues and runs.
+    pub wakeups: Arc<Wakeups>,
+    /// The server's configuration.
+    pub config: Arc<Config>,
+    /// Cancelled when the server shuts down; long-polls return early.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// State over `store` with `config`.
+    pub fn new(store: PgStore, config: Config) -> Self {
+        Self {
+            store,
+            wakeups: Arc::new(Wakeups::default()),
+            config: Arc::new(config),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// The retry backoff for failed runs.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: Duration::from_millis(self.config.retry_base_ms),
+            max: Duration::from_millis(self.config.retry_max_ms),
+        }
+    }
+}

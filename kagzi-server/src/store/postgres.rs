@@ -1,0 +1,634 @@
+//! The PostgreSQL store. Every statement is here, in the `kagzi` schema.
+//!
+//! Wake-ups travel through `NOTIFY` in the same statement as the change they announce, so every
+//! server replica on the database hears them once the change commits:
+//! [`QUEUE_CHANNEL`] carries a queue name when a run on it may have become due, and
+//! [`RUN_DONE_CHANNEL`] carries a run id when the run ended.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Backoff, Error, NewRun, NewWorker, Result, RunFilter, StepReport};
+use crate::model::{JournalEntry, Lease, Run, RunId, Step, Task, Worker, WorkerId};
+
+/// The `NOTIFY` channel that says "a run on this queue may be due" (payload: the queue).
+pub const QUEUE_CHANNEL: &str = "kagzi_queue";
+/// The `NOTIFY` channel that says "this run ended" (payload: the run id).
+pub const RUN_DONE_CHANNEL: &str = "kagzi_run_done";
+
+/// The columns of [`Run`], as a literal so statements stay literal SQL.
+macro_rules! run_columns {
+    () => {
+        "id, workflow, queue, status, input, output, error, attempts, retries, created_at, \
+         started_at, finished_at"
+    };
+}
+
+/// A store backed by a PostgreSQL pool.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects a pool of at most `max_connections` to `url`.
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the migrations in `migrations/postgres`, in the `kagzi` schema with its own
+    /// migrations table.
+    ///
+    /// # Errors
+    /// When a migration fails, or the database was migrated by a newer Kagzi.
+    pub async fn migrate(&self) -> Result<()> {
+        let mut migrator = sqlx::migrate!("../migrations/postgres");
+        migrator.create_schema("kagzi");
+        migrator.dangerous_set_table_name("kagzi._sqlx_migrations");
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Inserts a pending run and wakes the pollers of its queue.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<RunId> {
+        let id = RunId::new();
+        sqlx::query(
+            r"with inserted as (
+                  insert into kagzi.runs
+                      (id, workflow, queue, status, input, retries, available_at, created_at, updated_at)
+                  values ($1, $2, $3, 'pending', $4, $5, $6, $7, $7)
+                  returning queue
+              )
+              select pg_notify($8, queue) from inserted",
+        )
+        .bind(id)
+        .bind(&new.workflow)
+        .bind(&new.queue)
+        .bind(Json(&new.input))
+        .bind(to_i32(new.retries))
+        .bind(new.available_at.max(now))
+        .bind(now)
+        .bind(QUEUE_CHANNEL)
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// One run.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    pub async fn get_run(&self, id: RunId) -> Result<Run> {
+        sqlx::query_as::<_, Run>(concat!(
+            "select ",
+            run_columns!(),
+            " from kagzi.runs where id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| not_found(id))
+    }
+
+    /// Runs matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        let runs = sqlx::query_as::<_, Run>(concat!(
+            r"select ",
+            run_columns!(),
+            r" from kagzi.runs
+              where ($1::text is null or workflow = $1)
+                and ($2::text is null or queue = $2)
+                and ($3::text is null or status = $3)
+                and ($4::uuid is null or id < $4)
+              order by id desc
+              limit $5"
+        ))
+        .bind(filter.workflow.as_deref())
+        .bind(filter.queue.as_deref())
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.before)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(runs)
+    }
+
+    /// A run's journal, in position order.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run.
+    pub async fn list_steps(&self, id: RunId) -> Result<Vec<Step>> {
+        let steps = sqlx::query_as::<_, Step>(
+            r"select key, position, status, output, error, attempts, created_at, finished_at
+              from kagzi.steps where run_id = $1 order by position, key",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        if steps.is_empty() {
+            // Tell an unknown run from one with no steps yet.
+            self.get_run(id).await?;
+        }
+        Ok(steps)
+    }
+
+    /// Cancels a pending or running run; its lease, if any, stops being valid.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run, [`Error::Conflict`] for one that already ended.
+    pub async fn cancel_run(&self, id: RunId, now: DateTime<Utc>) -> Result<Run> {
+        let run = sqlx::query_as::<_, Run>(concat!(
+            r"with cancelled as (
+                  update kagzi.runs
+                  set status = 'cancelled', finished_at = $2, updated_at = $2,
+                      lease_token = null, lease_expires_at = null
+                  where id = $1 and status in ('pending', 'running')
+                  returning *
+              )
+              select ",
+            run_columns!(),
+            r", pg_notify($3, id::text)::text as notified from cancelled"
+        ))
+        .bind(id)
+        .bind(now)
+        .bind(RUN_DONE_CHANNEL)
+        .fetch_optional(&self.pool)
+        .await?;
+        match run {
+            Some(run) => Ok(run),
+            None => {
+                let run = self.get_run(id).await?;
+                Err(Error::Conflict(format!(
+                    "run {id} already ended as {}",
+                    run.status
+                )))
+            }
+        }
+    }
+
+    /// Registers a worker.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn register_worker(&self, new: &NewWorker, now: DateTime<Utc>) -> Result<WorkerId> {
+        let id = WorkerId::new();
+        sqlx::query(
+            r"insert into kagzi.workers
+                  (id, queue, workflows, capacity, hostname, status, registered_at, last_heartbeat_at)
+              values ($1, $2, $3, $4, $5, 'online', $6, $6)",
+        )
+        .bind(id)
+        .bind(&new.queue)
+        .bind(&new.workflows)
+        .bind(to_i32(new.capacity))
+        .bind(new.hostname.as_deref())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// A registered worker.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown worker.
+    pub async fn get_worker(&self, id: WorkerId) -> Result<Worker> {
+        sqlx::query_as::<_, Worker>(
+            "select id, queue, workflows, capacity, hostname from kagzi.workers where id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("worker {id}")))
+    }
+
+    /// Records a heartbeat: the worker is online, and the leases it still holds are extended
+    /// to `lease_expires_at`. Returns the runs it named but no longer holds.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown worker.
+    pub async fn heartbeat(
+        &self,
+        worker: WorkerId,
+        held: &[Lease],
+        lease_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunId>> {
+        let ids: Vec<Uuid> = held.iter().map(|l| l.run_id.0).collect();
+        let tokens: Vec<Uuid> = held.iter().map(|l| l.lease_token).collect();
+        let row: Option<(Vec<Uuid>,)> = sqlx::query_as(
+            r"with w as (
+                  update kagzi.workers set last_heartbeat_at = $2, status = 'online'
+                  where id = $1 returning id
+              ),
+              extended as (
+                  update kagzi.runs r set lease_expires_at = $5, updated_at = $2
+                  from unnest($3::uuid[], $4::uuid[]) as h(id, token), w
+                  where r.id = h.id and r.lease_token = h.token and r.worker_id = w.id
+                    and r.status = 'running' and r.lease_expires_at > $2
+                  returning r.id
+              )
+              select array(select id from extended) from w",
+        )
+        .bind(worker)
+        .bind(now)
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(lease_expires_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (extended,) = row.ok_or_else(|| Error::NotFound(format!("worker {worker}")))?;
+        Ok(ids
+            .into_iter()
+            .filter(|id| !extended.contains(id))
+            .map(RunId)
+            .collect())
+    }
+
+    /// Marks a worker offline and hands the runs it holds back to `pending`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown worker.
+    pub async fn deregister_worker(&self, worker: WorkerId, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let found = sqlx::query("update kagzi.workers set status = 'offline' where id = $1")
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        if found.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("worker {worker}")));
+        }
+        let released = sqlx::query(
+            r"with released as (
+                  update kagzi.runs
+                  set status = 'pending', lease_token = null, lease_expires_at = null,
+                      available_at = $2, updated_at = $2
+                  where worker_id = $1 and status = 'running'
+                  returning queue
+              )
+              select pg_notify($3, queue) from (select distinct queue from released) q",
+        )
+        .bind(worker)
+        .bind(now)
+        .bind(QUEUE_CHANNEL)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(released.len() as u64)
+    }
+
+    /// Claims up to `max` due runs of `worker`'s queue and workflows, oldest due first, each
+    /// under a new lease until `lease_expires_at`, and returns them with their journals.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn claim(
+        &self,
+        worker: &Worker,
+        max: u32,
+        lease_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Task>> {
+        let claimed: Vec<(RunId, String, Json<Value>, i32, Uuid)> = sqlx::query_as(
+            r"with due as (
+                  select id from kagzi.runs
+                  where status = 'pending' and queue = $1 and workflow = any($2)
+                    and available_at <= $3
+                  order by available_at, id
+                  limit $4
+                  for update skip locked
+              )
+              update kagzi.runs r
+              set status = 'running', attempts = r.attempts + 1, lease_token = gen_random_uuid(),
+                  lease_expires_at = $5, worker_id = $6, started_at = coalesce(r.started_at, $3),
+                  updated_at = $3
+              from due where r.id = due.id
+              returning r.id, r.workflow, r.input, r.attempts, r.lease_token",
+        )
+        .bind(&worker.queue)
+        .bind(&worker.workflows)
+        .bind(now)
+        .bind(i64::from(max))
+        .bind(lease_expires_at)
+        .bind(worker.id)
+        .fetch_all(&self.pool)
+        .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<RunId> = claimed.iter().map(|c| c.0).collect();
+        let journal: Vec<(RunId, String, i32, Json<Value>)> = sqlx::query_as(
+            r"select run_id, key, position, output from kagzi.steps
+              where run_id = any($1) and status = 'completed'
+              order by run_id, position",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut tasks: Vec<Task> = claimed
+            .into_iter()
+            .map(|(run_id, workflow, input, attempt, lease_token)| Task {
+                run_id,
+                workflow,
+                input: input.0,
+                attempt,
+                lease_token,
+                lease_expires_at,
+                journal: Vec::new(),
+            })
+            .collect();
+        for (run_id, key, position, output) in journal {
+            if let Some(task) = tasks.iter_mut().find(|t| t.run_id == run_id) {
+                task.journal.push(JournalEntry {
+                    key,
+                    position,
+                    output: output.0,
+                });
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// When the next pending run of `worker`'s queue and workflows becomes due, if any.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<DateTime<Utc>> = sqlx::query_scalar(
+            r"select min(available_at) from kagzi.runs
+              where status = 'pending' and queue = $1 and workflow = any($2)",
+        )
+        .bind(&worker.queue)
+        .bind(&worker.workflows)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next)
+    }
+
+    /// Records a step outcome under the run's lease. A completed step is recorded once: a
+    /// later report for the same key returns the recorded entry unchanged. A failed entry is
+    /// replaced by the next report.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when `lease_token` is not the run's current, unexpired lease;
+    /// [`Error::NotFound`] for an unknown run.
+    pub async fn record_step(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        report: &StepReport,
+        now: DateTime<Utc>,
+    ) -> Result<Step> {
+        let step = sqlx::query_as::<_, Step>(
+            r"with lease as (
+                  select id from kagzi.runs
+                  where id = $1 and lease_token = $2 and status = 'running'
+                    and lease_expires_at > $3
+                  for share
+              ),
+              written as (
+                  insert into kagzi.steps
+                      (run_id, key, position, status, output, error, attempts, created_at, finished_at)
+                  select id, $4, $5, $6, $7, $8, $9, $3, $3 from lease
+                  on conflict (run_id, key) do update
+                      set position = excluded.position, status = excluded.status,
+                          output = excluded.output, error = excluded.error,
+                          attempts = kagzi.steps.attempts + excluded.attempts,
+                          finished_at = excluded.finished_at
+                      where kagzi.steps.status = 'failed'
+                  returning key, position, status, output, error, attempts, created_at, finished_at
+              )
+              select * from written
+              union all
+              select s.key, s.position, s.status, s.output, s.error, s.attempts, s.created_at,
+                     s.finished_at
+              from kagzi.steps s, lease
+              where s.run_id = $1 and s.key = $4 and not exists (select 1 from written)",
+        )
+        .bind(run)
+        .bind(lease_token)
+        .bind(now)
+        .bind(&report.key)
+        .bind(to_i32(report.position))
+        .bind(report.status)
+        .bind(report.output.as_ref().map(Json))
+        .bind(report.error.as_deref())
+        .bind(to_i32(report.attempts.max(1)))
+        .fetch_optional(&self.pool)
+        .await?;
+        match step {
+            Some(step) => Ok(step),
+            None => {
+                // Either the lease is gone, or a concurrent report for the same key won the
+                // race after this statement's snapshot: look again with a fresh snapshot.
+                self.ensure_lease(run, lease_token, now).await?;
+                sqlx::query_as::<_, Step>(
+                    r"select key, position, status, output, error, attempts, created_at, finished_at
+                      from kagzi.steps where run_id = $1 and key = $2",
+                )
+                .bind(run)
+                .bind(&report.key)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("step {} of run {run}", report.key)))
+            }
+        }
+    }
+
+    /// Completes a run under its lease with `output`.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when the lease is not held; [`Error::NotFound`] for an unknown run.
+    pub async fn complete_run(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        output: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<Run> {
+        let done = sqlx::query_as::<_, Run>(concat!(
+            r"with done as (
+                  update kagzi.runs
+                  set status = 'completed', output = $3, error = null, finished_at = $4,
+                      updated_at = $4, lease_token = null, lease_expires_at = null
+                  where id = $1 and lease_token = $2 and status = 'running'
+                    and lease_expires_at > $4
+                  returning *
+              )
+              select ",
+            run_columns!(),
+            r", pg_notify($5, id::text)::text as notified from done"
+        ))
+        .bind(run)
+        .bind(lease_token)
+        .bind(Json(output))
+        .bind(now)
+        .bind(RUN_DONE_CHANNEL)
+        .fetch_optional(&self.pool)
+        .await?;
+        match done {
+            Some(run) => Ok(run),
+            None => Err(self.lease_error(run, lease_token, now).await),
+        }
+    }
+
+    /// Fails the current attempt of a run under its lease. While retries remain (and the
+    /// error is retryable) the run goes back to `pending`, due after an exponential backoff
+    /// with jitter; otherwise it ends `failed`.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when the lease is not held; [`Error::NotFound`] for an unknown run.
+    pub async fn fail_run(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        error: &str,
+        retryable: bool,
+        backoff: Backoff,
+        now: DateTime<Utc>,
+    ) -> Result<Run> {
+        let failed = sqlx::query_as::<_, Run>(concat!(
+            r"with failed as (
+                  update kagzi.runs
+                  set status = case when $4 and attempts <= retries then 'pending' else 'failed' end,
+                      available_at = $5 + make_interval(secs =>
+                          least($7::float8, $6::float8 * power(2, greatest(attempts - 1, 0)))
+                          * (0.8 + random() * 0.4)),
+                      finished_at = case when $4 and attempts <= retries then null else $5 end,
+                      error = $3, updated_at = $5, lease_token = null, lease_expires_at = null
+                  where id = $1 and lease_token = $2 and status = 'running'
+                    and lease_expires_at > $5
+                  returning *
+              )
+              select ",
+            run_columns!(),
+            r",
+                     case when status = 'pending' then pg_notify($8, queue)
+                          else pg_notify($9, id::text) end::text as notified
+              from failed"
+        ))
+        .bind(run)
+        .bind(lease_token)
+        .bind(error)
+        .bind(retryable)
+        .bind(now)
+        .bind(backoff.base.as_secs_f64())
+        .bind(backoff.max.as_secs_f64())
+        .bind(QUEUE_CHANNEL)
+        .bind(RUN_DONE_CHANNEL)
+        .fetch_optional(&self.pool)
+        .await?;
+        match failed {
+            Some(run) => Ok(run),
+            None => Err(self.lease_error(run, lease_token, now).await),
+        }
+    }
+
+    /// Returns every running run whose lease expired before `now` to `pending`, and wakes the
+    /// pollers of their queues. Returns how many runs were re-queued.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64> {
+        let requeued: Vec<(i64,)> = sqlx::query_as(
+            r"with expired as (
+                  select id from kagzi.runs
+                  where status = 'running' and lease_expires_at < $1
+                  for update skip locked
+              ),
+              requeued as (
+                  update kagzi.runs r
+                  set status = 'pending', lease_token = null, lease_expires_at = null,
+                      available_at = $1, updated_at = $1
+                  from expired where r.id = expired.id
+                  returning r.queue
+              )
+              select count(*) from requeued, pg_notify($2, queue) group by queue",
+        )
+        .bind(now)
+        .bind(QUEUE_CHANNEL)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(requeued.iter().map(|(n,)| *n as u64).sum())
+    }
+
+    /// Marks online workers silent since `cutoff` as offline. Returns how many.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn mark_workers_offline(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            r"update kagzi.workers set status = 'offline'
+              where status = 'online' and last_heartbeat_at < $1",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Checks that `lease_token` is the run's current, unexpired lease.
+    async fn ensure_lease(&self, run: RunId, lease_token: Uuid, now: DateTime<Utc>) -> Result<()> {
+        let held: Option<bool> = sqlx::query_scalar(
+            r"select status = 'running' and lease_token = $2 and lease_expires_at > $3
+              from kagzi.runs where id = $1",
+        )
+        .bind(run)
+        .bind(lease_token)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match held {
+            None => Err(not_found(run)),
+            Some(false) => Err(Error::LeaseLost(run)),
+            Some(true) => Ok(()),
+        }
+    }
+
+    /// Explains why a fenced update matched no row.
+    async fn lease_error(&self, run: RunId, lease_token: Uuid, now: DateTime<Utc>) -> Error {
+        match self.ensure_lease(run, lease_token, now).await {
+            Err(e) => e,
+            // The lease looks held now: it changed between the two statements.
+            Ok(()) => Error::LeaseLost(run),
+        }
+    }
+}
+
+fn not_found(id: RunId) -> Error {
+    Error::NotFound(format!("run {id}"))
+}
+
+/// Counts and sizes the API accepts as `u32` are stored as `integer`; larger values saturate.
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
