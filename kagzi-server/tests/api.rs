@@ -1,0 +1,374 @@
+//! HTTP tests through the router (no socket), each against its own fresh database.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use kagzi_server::{AppState, Config, PgStore, app};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+async fn router(pool: PgPool) -> Router {
+    let store = PgStore::new(pool);
+    store.migrate().await.expect("migrations apply");
+    app(AppState::new(store, Config::defaults()))
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+async fn send(app: &Router, method: Method, uri: &str, body: Option<Body>) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = req.body(body.unwrap_or_else(Body::empty)).expect("request");
+    reply(app.clone().oneshot(req).await.expect("router answers")).await
+}
+
+async fn reply(res: axum::response::Response) -> Reply {
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    Reply {
+        status,
+        content_type,
+        body,
+    }
+}
+
+async fn post(app: &Router, uri: &str, body: Value) -> Reply {
+    send(app, Method::POST, uri, Some(Body::from(body.to_string()))).await
+}
+
+async fn get(app: &Router, uri: &str) -> Reply {
+    send(app, Method::GET, uri, None).await
+}
+
+/// Asserts a problem+json answer with `status` whose detail mentions `needle`.
+fn assert_problem(reply: &Reply, status: StatusCode, needle: &str) {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(reply.content_type, "application/problem+json");
+    assert_eq!(reply.body["status"], status.as_u16());
+    assert!(
+        reply.body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:kagzi:problem:"))
+    );
+    assert!(reply.body["title"].is_string());
+    let detail = reply.body["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains(needle),
+        "detail {detail:?} should mention {needle:?}"
+    );
+}
+
+async fn run_count(app: &Router) -> usize {
+    get(app, "/v1/runs?limit=1000").await.body["runs"]
+        .as_array()
+        .expect("runs")
+        .len()
+}
+
+#[sqlx::test(migrations = false)]
+async fn start_read_and_list_a_run(pool: PgPool) {
+    let app = router(pool).await;
+    let started = post(
+        &app,
+        "/v1/runs",
+        json!({"workflow": "greet", "input": {"name": "World"}}),
+    )
+    .await;
+    assert_eq!(started.status, StatusCode::CREATED);
+    assert_eq!(started.body["status"], "pending");
+    let id = started.body["id"].as_str().expect("id");
+
+    let run = get(&app, &format!("/v1/runs/{id}")).await;
+    assert_eq!(run.status, StatusCode::OK);
+    assert_eq!(run.body["workflow"], "greet");
+    assert_eq!(run.body["queue"], "default");
+    assert_eq!(run.body["input"], json!({"name": "World"}));
+    assert_eq!(run.body["attempts"], 0);
+    assert_eq!(run.body["output"], Value::Null);
+
+    let listed = get(&app, "/v1/runs?workflow=greet&status=pending").await;
+    assert_eq!(listed.body["runs"][0]["id"], id);
+    assert_eq!(listed.body["next_cursor"], Value::Null);
+    let steps = get(&app, &format!("/v1/runs/{id}/steps")).await;
+    assert_eq!(steps.body, json!({"steps": []}));
+    let waited = get(&app, &format!("/v1/runs/{id}/result?timeout_ms=10")).await;
+    assert_eq!(
+        waited.body["status"], "pending",
+        "not terminal: answered after the timeout"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn list_pages_with_a_cursor(pool: PgPool) {
+    let app = router(pool).await;
+    for i in 0..3 {
+        post(&app, "/v1/runs", json!({"workflow": "w", "input": i})).await;
+    }
+    let first = get(&app, "/v1/runs?limit=2").await;
+    assert_eq!(first.body["runs"].as_array().expect("runs").len(), 2);
+    let cursor = first.body["next_cursor"].as_str().expect("a next page");
+    let second = get(&app, &format!("/v1/runs?limit=2&cursor={cursor}")).await;
+    assert_eq!(second.body["runs"].as_array().expect("runs").len(), 1);
+    assert_eq!(second.body["runs"][0]["input"], 0, "oldest last");
+    assert_eq!(second.body["next_cursor"], Value::Null);
+    assert_problem(
+        &get(&app, "/v1/runs?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        "limit",
+    );
+    let bad_status = get(&app, "/v1/runs?status=sleepy").await;
+    assert_problem(&bad_status, StatusCode::BAD_REQUEST, "pending");
+}
+
+#[sqlx::test(migrations = false)]
+async fn bad_input_gets_a_problem_body_and_writes_nothing(pool: PgPool) {
+    let app = router(pool).await;
+    let raw = |s: &'static str| Some(Body::from(s));
+    let malformed = send(&app, Method::POST, "/v1/runs", raw("{\"workflow\": ")).await;
+    assert_problem(&malformed, StatusCode::BAD_REQUEST, "parse");
+    let missing = post(&app, "/v1/runs", json!({"input": 1})).await;
+    assert_problem(
+        &missing,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "missing field `workflow`",
+    );
+    let mistyped = post(
+        &app,
+        "/v1/runs",
+        json!({"workflow": "w", "retries": "three"}),
+    )
+    .await;
+    assert_problem(&mistyped, StatusCode::UNPROCESSABLE_ENTITY, "retries");
+    let unknown_field = post(&app, "/v1/runs", json!({"workflow": "w", "retry": 3})).await;
+    assert_problem(
+        &unknown_field,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown field `retry`",
+    );
+    let empty = post(&app, "/v1/runs", json!({"workflow": " "})).await;
+    assert_problem(
+        &empty,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "workflow must not be empty",
+    );
+
+    let req = Request::post("/v1/runs")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(json!({"workflow": "w"}).to_string()))
+        .expect("request");
+    let wrong_type = reply(app.clone().oneshot(req).await.expect("answer")).await;
+    assert_problem(
+        &wrong_type,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "Content-Type",
+    );
+
+    assert_eq!(run_count(&app).await, 0, "nothing was written");
+}
+
+#[sqlx::test(migrations = false)]
+async fn payloads_over_two_mib_are_refused_with_413(pool: PgPool) {
+    let app = router(pool).await;
+    let limit = 2 * 1024 * 1024;
+    // Just over the limit as a payload, but inside the body limit's envelope.
+    let input = "x".repeat(limit);
+    let over = post(&app, "/v1/runs", json!({"workflow": "w", "input": input})).await;
+    assert_problem(
+        &over,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "input is larger than the limit of 2097152 bytes",
+    );
+    // Far over: refused while reading the body.
+    let huge = "x".repeat(limit * 2);
+    let huge = post(&app, "/v1/runs", json!({"workflow": "w", "input": huge})).await;
+    assert_problem(
+        &huge,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request body is larger than the limit",
+    );
+    assert_eq!(run_count(&app).await, 0, "nothing was written");
+    // Just under the limit is fine.
+    let under = "x".repeat(limit - 2);
+    let ok = post(&app, "/v1/runs", json!({"workflow": "w", "input": under})).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+}
+
+#[sqlx::test(migrations = false)]
+async fn unknown_runs_routes_and_methods_are_problems(pool: PgPool) {
+    let app = router(pool).await;
+    let id = "01900000-0000-7000-8000-000000000000";
+    assert_problem(
+        &get(&app, &format!("/v1/runs/{id}")).await,
+        StatusCode::NOT_FOUND,
+        id,
+    );
+    assert_problem(
+        &get(&app, &format!("/v1/runs/{id}/steps")).await,
+        StatusCode::NOT_FOUND,
+        id,
+    );
+    assert_problem(
+        &get(&app, &format!("/v1/runs/{id}/result")).await,
+        StatusCode::NOT_FOUND,
+        id,
+    );
+    let cancel = post(&app, &format!("/v1/runs/{id}/cancel"), json!({})).await;
+    assert_problem(&cancel, StatusCode::NOT_FOUND, id);
+    assert_problem(
+        &get(&app, "/v1/runs/not-a-uuid").await,
+        StatusCode::BAD_REQUEST,
+        "UUID",
+    );
+    assert_problem(
+        &get(&app, "/v1/nothing").await,
+        StatusCode::NOT_FOUND,
+        "no route for GET /v1/nothing",
+    );
+    let wrong_method = send(&app, Method::DELETE, "/v1/runs", None).await;
+    assert_problem(&wrong_method, StatusCode::METHOD_NOT_ALLOWED, "DELETE");
+    let worker = "01900000-0000-7000-8000-000000000001";
+    let poll = post(
+        &app,
+        &format!("/v1/workers/{worker}/poll"),
+        json!({"max": 1}),
+    )
+    .await;
+    assert_problem(&poll, StatusCode::NOT_FOUND, worker);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_worker_protocol_claims_records_and_fences(pool: PgPool) {
+    let app = router(pool).await;
+    let run = post(&app, "/v1/runs", json!({"workflow": "greet", "input": "x"})).await;
+    let run_id = run.body["id"].as_str().expect("id").to_owned();
+    let reg = json!({"queue": "default", "workflows": ["greet"], "capacity": 4});
+    let worker = post(&app, "/v1/workers", reg).await;
+    assert_eq!(worker.status, StatusCode::CREATED);
+    assert!(
+        worker.body["heartbeat_interval_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0)
+    );
+    let worker_id = worker.body["id"].as_str().expect("worker id").to_owned();
+
+    let poll = post(
+        &app,
+        &format!("/v1/workers/{worker_id}/poll"),
+        json!({"max": 4}),
+    )
+    .await;
+    let task = &poll.body["runs"][0];
+    assert_eq!(task["run_id"], run_id.as_str());
+    assert_eq!(task["attempt"], 1);
+    let token = task["lease_token"].as_str().expect("token").to_owned();
+
+    let step = json!({"lease_token": token, "key": "a", "position": 0, "status": "completed", "output": 1});
+    let recorded = post(&app, &format!("/v1/runs/{run_id}/steps"), step).await;
+    assert_eq!(recorded.status, StatusCode::OK);
+    assert_eq!(recorded.body["output"], 1);
+    let stale = json!({"lease_token": uuid::Uuid::new_v4(), "output": "zombie"});
+    let refused = post(&app, &format!("/v1/runs/{run_id}/complete"), stale).await;
+    assert_problem(&refused, StatusCode::CONFLICT, "not held under this lease");
+
+    let hb = json!({"runs": [{"run_id": run_id, "lease_token": token}]});
+    let beat = post(&app, &format!("/v1/workers/{worker_id}/heartbeat"), hb).await;
+    assert_eq!(beat.body, json!({"lost": []}));
+
+    let done = post(
+        &app,
+        &format!("/v1/runs/{run_id}/complete"),
+        json!({"lease_token": token, "output": "hi"}),
+    )
+    .await;
+    assert_eq!(done.body["status"], "completed");
+    let result = get(&app, &format!("/v1/runs/{run_id}/result")).await;
+    assert_eq!(result.body["output"], "hi");
+    let cancel = post(&app, &format!("/v1/runs/{run_id}/cancel"), json!({})).await;
+    assert_problem(&cancel, StatusCode::CONFLICT, "already ended as completed");
+
+    let empty = post(
+        &app,
+        &format!("/v1/workers/{worker_id}/poll"),
+        json!({"max": 1, "timeout_ms": 0}),
+    )
+    .await;
+    assert_eq!(empty.body, json!({"runs": []}));
+    let bad_max = post(
+        &app,
+        &format!("/v1/workers/{worker_id}/poll"),
+        json!({"max": 0}),
+    )
+    .await;
+    assert_problem(
+        &bad_max,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "max must be between 1",
+    );
+    let gone = send(
+        &app,
+        Method::DELETE,
+        &format!("/v1/workers/{worker_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_oversized_step_result_is_refused_and_not_recorded(pool: PgPool) {
+    let app = router(pool).await;
+    let run = post(&app, "/v1/runs", json!({"workflow": "greet"})).await;
+    let run_id = run.body["id"].as_str().expect("id").to_owned();
+    let worker = post(
+        &app,
+        "/v1/workers",
+        json!({"queue": "default", "workflows": ["greet"], "capacity": 1}),
+    )
+    .await;
+    let worker_id = worker.body["id"].as_str().expect("worker id").to_owned();
+    let poll = post(
+        &app,
+        &format!("/v1/workers/{worker_id}/poll"),
+        json!({"max": 1}),
+    )
+    .await;
+    let token = poll.body["runs"][0]["lease_token"].clone();
+    let big = "x".repeat(2 * 1024 * 1024);
+    let step = json!({"lease_token": token, "key": "big", "position": 0, "status": "completed", "output": big});
+    let refused = post(&app, &format!("/v1/runs/{run_id}/steps"), step).await;
+    assert_problem(
+        &refused,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the output of step big",
+    );
+    assert_eq!(
+        get(&app, &format!("/v1/runs/{run_id}/steps")).await.body,
+        json!({"steps": []})
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn health_and_readiness(pool: PgPool) {
+    let app = router(pool).await;
+    assert_eq!(get(&app, "/healthz").await.body, json!({"status": "ok"}));
+    assert_eq!(get(&app, "/readyz").await.body, json!({"status": "ok"}));
+}

@@ -1,0 +1,551 @@
+//! Store tests against a real PostgreSQL: each test gets its own fresh database.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use kagzi_server::model::{Lease, RunStatus, StepStatus, Worker};
+use kagzi_server::store::{Backoff, Error, NewRun, NewWorker, PgStore, RunFilter, StepReport};
+use serde_json::json;
+use sqlx::PgPool;
+
+const LEASE: chrono::Duration = chrono::Duration::seconds(30);
+
+async fn store(pool: PgPool) -> PgStore {
+    let store = PgStore::new(pool);
+    store.migrate().await.expect("migrations apply");
+    store
+}
+
+fn new_run(workflow: &str, input: serde_json::Value, now: DateTime<Utc>) -> NewRun {
+    NewRun {
+        workflow: workflow.to_owned(),
+        queue: "default".to_owned(),
+        input,
+        retries: 0,
+        available_at: now,
+    }
+}
+
+async fn worker(store: &PgStore, workflows: &[&str]) -> Worker {
+    let new = NewWorker {
+        queue: "default".to_owned(),
+        workflows: workflows.iter().map(|w| (*w).to_owned()).collect(),
+        capacity: 10,
+        hostname: Some("test".to_owned()),
+    };
+    let id = store
+        .register_worker(&new, Utc::now())
+        .await
+        .expect("register");
+    store.get_worker(id).await.expect("worker exists")
+}
+
+fn completed(key: &str, position: u32, output: serde_json::Value) -> StepReport {
+    StepReport {
+        key: key.to_owned(),
+        position,
+        status: StepStatus::Completed,
+        output: Some(output),
+        error: None,
+        attempts: 1,
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn claim_takes_due_runs_in_batches_oldest_first(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let at = now + chrono::Duration::milliseconds(i);
+        ids.push(
+            store
+                .create_run(&new_run("greet", json!(i), at), at)
+                .await
+                .expect("create"),
+        );
+    }
+    let w = worker(&store, &["greet"]).await;
+    let later = now + chrono::Duration::seconds(1);
+    let first = store
+        .claim(&w, 3, later + LEASE, later)
+        .await
+        .expect("claim");
+    assert_eq!(first.iter().map(|t| t.run_id).collect::<Vec<_>>(), ids[..3]);
+    assert!(first.iter().all(|t| t.attempt == 1 && t.journal.is_empty()));
+    let second = store
+        .claim(&w, 3, later + LEASE, later)
+        .await
+        .expect("claim");
+    assert_eq!(
+        second.iter().map(|t| t.run_id).collect::<Vec<_>>(),
+        ids[3..]
+    );
+    assert!(
+        store
+            .claim(&w, 3, later + LEASE, later)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let run = store.get_run(ids[0]).await.expect("run");
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.attempts, 1);
+    assert!(run.started_at.is_some());
+}
+
+#[sqlx::test(migrations = false)]
+async fn claim_skips_runs_not_due_and_other_workflows_and_queues(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    // Postgres keeps microseconds.
+    let later = (now + chrono::Duration::minutes(5)).trunc_subsecs(6);
+    let delayed = store
+        .create_run(&new_run("greet", json!(1), later), now)
+        .await
+        .expect("create");
+    store
+        .create_run(&new_run("other", json!(2), now), now)
+        .await
+        .expect("create");
+    let mut elsewhere = new_run("greet", json!(3), now);
+    elsewhere.queue = "elsewhere".to_owned();
+    store.create_run(&elsewhere, now).await.expect("create");
+
+    let w = worker(&store, &["greet"]).await;
+    assert!(
+        store
+            .claim(&w, 10, now + LEASE, now)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(store.next_due(&w).await.expect("next due"), Some(later));
+    let then = later + chrono::Duration::seconds(1);
+    let tasks = store
+        .claim(&w, 10, then + LEASE, then)
+        .await
+        .expect("claim");
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].run_id, delayed);
+}
+
+#[sqlx::test(migrations = false)]
+async fn concurrent_claims_never_hand_out_a_run_twice(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    for i in 0..60 {
+        store
+            .create_run(&new_run("greet", json!(i), now), now)
+            .await
+            .expect("create");
+    }
+    let w = worker(&store, &["greet"]).await;
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let (store, w) = (store.clone(), w.clone());
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let now = Utc::now();
+                let tasks = store.claim(&w, 4, now + LEASE, now).await.expect("claim");
+                if tasks.is_empty() {
+                    return mine;
+                }
+                mine.extend(tasks.into_iter().map(|t| t.run_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("claimer"));
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 60, "every run claimed");
+    assert_eq!(unique.len(), 60, "no run claimed twice");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_step_is_recorded_once_and_replayed_in_the_journal(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    let id = store
+        .create_run(&new_run("greet", json!({}), now), now)
+        .await
+        .expect("create");
+    let w = worker(&store, &["greet"]).await;
+    let task = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("claim")
+        .remove(0);
+
+    let first = store
+        .record_step(id, task.lease_token, &completed("charge", 0, json!(1)), now)
+        .await
+        .expect("first report");
+    assert_eq!(first.output, Some(json!(1)));
+    let again = store
+        .record_step(id, task.lease_token, &completed("charge", 0, json!(2)), now)
+        .await
+        .expect("second report");
+    assert_eq!(again.output, Some(json!(1)), "the first write wins");
+
+    // A failed entry is replaced by a later success.
+    let failed = StepReport {
+        status: StepStatus::Failed,
+        output: None,
+        error: Some("card declined".to_owned()),
+        ..completed("notify", 1, json!(null))
+    };
+    store
+        .record_step(id, task.lease_token, &failed, now)
+        .await
+        .expect("failed report");
+    let ok = store
+        .record_step(
+            id,
+            task.lease_token,
+            &completed("notify", 1, json!("sent")),
+            now,
+        )
+        .await
+        .expect("success after failure");
+    assert_eq!(ok.status, StepStatus::Completed);
+    assert_eq!(ok.attempts, 2);
+
+    // The run goes back to pending (its lease expires) and the next claim sees the journal.
+    let expiry = now + LEASE + chrono::Duration::seconds(1);
+    assert_eq!(store.expire_leases(expiry).await.expect("expire"), 1);
+    let retry = store
+        .claim(&w, 1, expiry + LEASE, expiry)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_eq!(retry.attempt, 2);
+    let journal: Vec<_> = retry
+        .journal
+        .iter()
+        .map(|j| (j.key.as_str(), j.output.clone()))
+        .collect();
+    assert_eq!(
+        journal,
+        vec![("charge", json!(1)), ("notify", json!("sent"))]
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_nothing(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    let id = store
+        .create_run(&new_run("greet", json!({}), now), now)
+        .await
+        .expect("create");
+    let w = worker(&store, &["greet"]).await;
+    let old = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("claim")
+        .remove(0);
+
+    // Expired but not yet reclaimed: refused.
+    let after = now + LEASE + chrono::Duration::seconds(1);
+    let err = store
+        .record_step(id, old.lease_token, &completed("a", 0, json!(1)), after)
+        .await
+        .expect_err("expired lease");
+    assert!(matches!(err, Error::LeaseLost(r) if r == id), "{err:?}");
+
+    // Reclaimed by another worker: the old token is refused everywhere.
+    store.expire_leases(after).await.expect("expire");
+    let new = store
+        .claim(&w, 1, after + LEASE, after)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_ne!(new.lease_token, old.lease_token);
+    let zombie_step = completed("a", 0, json!("zombie"));
+    let step = store
+        .record_step(id, old.lease_token, &zombie_step, after)
+        .await;
+    assert!(matches!(step, Err(Error::LeaseLost(_))));
+    let zombie_output = json!("zombie");
+    let complete = store
+        .complete_run(id, old.lease_token, &zombie_output, after)
+        .await;
+    assert!(matches!(complete, Err(Error::LeaseLost(_))));
+    let fail = store.fail_run(id, old.lease_token, "zombie", true, backoff(), after);
+    assert!(matches!(fail.await, Err(Error::LeaseLost(_))));
+    assert!(
+        store.list_steps(id).await.expect("steps").is_empty(),
+        "nothing written"
+    );
+    assert_eq!(
+        store.get_run(id).await.expect("run").status,
+        RunStatus::Running
+    );
+
+    // The new holder completes normally.
+    let run = store
+        .complete_run(id, new.lease_token, &json!("ok"), after)
+        .await
+        .expect("complete");
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.output, Some(json!("ok")));
+    assert_eq!(run.attempts, 2);
+    let unknown = kagzi_server::model::RunId::new();
+    let missing = store
+        .complete_run(unknown, new.lease_token, &json!(1), after)
+        .await;
+    assert!(matches!(missing, Err(Error::NotFound(_))));
+}
+
+fn backoff() -> Backoff {
+    Backoff {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_failed_run_is_retried_with_backoff_then_fails(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    let mut new = new_run("greet", json!({}), now);
+    new.retries = 1;
+    let id = store.create_run(&new, now).await.expect("create");
+    let w = worker(&store, &["greet"]).await;
+
+    let first = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("claim")
+        .remove(0);
+    let run = store
+        .fail_run(id, first.lease_token, "boom", true, backoff(), now)
+        .await
+        .expect("fail");
+    assert_eq!(run.status, RunStatus::Pending, "one retry left");
+    assert_eq!(run.error.as_deref(), Some("boom"));
+    assert!(
+        store
+            .claim(&w, 1, now + LEASE, now)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "backoff"
+    );
+    let due = store
+        .next_due(&w)
+        .await
+        .expect("next due")
+        .expect("a due time");
+    let delay = (due - now).to_std().expect("in the future");
+    assert!(
+        delay >= Duration::from_millis(800) && delay <= Duration::from_millis(1200),
+        "{delay:?}"
+    );
+
+    let second = store
+        .claim(&w, 1, due + LEASE, due)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_eq!(second.attempt, 2);
+    let run = store
+        .fail_run(id, second.lease_token, "boom again", true, backoff(), due)
+        .await;
+    let run = run.expect("fail");
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.error.as_deref(), Some("boom again"));
+    assert!(run.finished_at.is_some());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_non_retryable_failure_ends_the_run_at_once(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    let mut new = new_run("greet", json!({}), now);
+    new.retries = 5;
+    let id = store.create_run(&new, now).await.expect("create");
+    let w = worker(&store, &["greet"]).await;
+    let task = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("claim")
+        .remove(0);
+    let run = store
+        .fail_run(id, task.lease_token, "bad input", false, backoff(), now)
+        .await;
+    assert_eq!(run.expect("fail").status, RunStatus::Failed);
+}
+
+#[sqlx::test(migrations = false)]
+async fn heartbeats_extend_held_leases_and_name_the_lost_ones(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    let a = store
+        .create_run(&new_run("greet", json!(1), now), now)
+        .await
+        .expect("create");
+    let b = store
+        .create_run(&new_run("greet", json!(2), now), now)
+        .await
+        .expect("create");
+    let w = worker(&store, &["greet"]).await;
+    let tasks = store.claim(&w, 2, now + LEASE, now).await.expect("claim");
+    let leases: Vec<Lease> = tasks
+        .iter()
+        .map(|t| Lease {
+            run_id: t.run_id,
+            lease_token: t.lease_token,
+        })
+        .collect();
+
+    store.cancel_run(b, now).await.expect("cancel");
+    let lost = store
+        .heartbeat(w.id, &leases, now + LEASE * 2, now)
+        .await
+        .expect("heartbeat");
+    assert_eq!(lost, vec![b]);
+
+    // a's lease now outlives its first expiry: the watchdog leaves it alone.
+    let past_first_expiry = now + LEASE + chrono::Duration::seconds(1);
+    assert_eq!(
+        store
+            .expire_leases(past_first_expiry)
+            .await
+            .expect("expire"),
+        0
+    );
+    let token = leases
+        .iter()
+        .find(|l| l.run_id == a)
+        .expect("a's lease")
+        .lease_token;
+    store
+        .complete_run(a, token, &json!("ok"), past_first_expiry)
+        .await
+        .expect("still held");
+
+    let unknown = kagzi_server::model::WorkerId::new();
+    let err = store
+        .heartbeat(unknown, &[], now + LEASE, now)
+        .await
+        .expect_err("unknown worker");
+    assert!(matches!(err, Error::NotFound(_)));
+}
+
+#[sqlx::test(migrations = false)]
+async fn deregistering_a_worker_hands_its_runs_back(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    let id = store
+        .create_run(&new_run("greet", json!(1), now), now)
+        .await
+        .expect("create");
+    let w = worker(&store, &["greet"]).await;
+    let task = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_eq!(
+        store
+            .deregister_worker(w.id, now)
+            .await
+            .expect("deregister"),
+        1
+    );
+    assert_eq!(
+        store.get_run(id).await.expect("run").status,
+        RunStatus::Pending
+    );
+    let late = store
+        .complete_run(id, task.lease_token, &json!(1), now)
+        .await;
+    assert!(matches!(late, Err(Error::LeaseLost(_))));
+    let other = worker(&store, &["greet"]).await;
+    assert_eq!(
+        store
+            .claim(&other, 1, now + LEASE, now)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn cancel_ends_pending_and_running_runs_but_not_finished_ones(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    let pending = store
+        .create_run(&new_run("greet", json!(1), now), now)
+        .await
+        .expect("create");
+    let run = store.cancel_run(pending, now).await.expect("cancel");
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert!(run.finished_at.is_some());
+    let again = store
+        .cancel_run(pending, now)
+        .await
+        .expect_err("already cancelled");
+    assert!(matches!(again, Error::Conflict(_)), "{again:?}");
+    let unknown = store
+        .cancel_run(kagzi_server::model::RunId::new(), now)
+        .await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))));
+}
+
+#[sqlx::test(migrations = false)]
+async fn listing_filters_and_pages_newest_first(pool: PgPool) {
+    let store = store(pool).await;
+    let now = Utc::now();
+    let mut greets = Vec::new();
+    for i in 0..5 {
+        greets.push(
+            store
+                .create_run(&new_run("greet", json!(i), now), now)
+                .await
+                .expect("create"),
+        );
+        store
+            .create_run(&new_run("other", json!(i), now), now)
+            .await
+            .expect("create");
+    }
+    greets.reverse();
+    let mut filter = RunFilter {
+        workflow: Some("greet".to_owned()),
+        limit: 2,
+        ..RunFilter::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = store.list_runs(&filter).await.expect("list");
+        if page.is_empty() {
+            break;
+        }
+        filter.before = page.last().map(|r| r.id);
+        seen.extend(page.into_iter().map(|r| r.id));
+    }
+    assert_eq!(seen, greets);
+    let by_status = RunFilter {
+        status: Some(RunStatus::Running),
+        limit: 10,
+        ..RunFilter::default()
+    };
+    assert!(store.list_runs(&by_status).await.expect("list").is_empty());
+}
+
+#[sqlx::test(migrations = false)]
+async fn migrating_twice_is_harmless(pool: PgPool) {
+    let store = store(pool).await;
+    store
+        .migrate()
+        .await
+        .expect("second migration run is a no-op");
+}
