@@ -1,0 +1,26 @@
+# Kagzi development shortcuts (https://just.systems). Each recipe is one plain command,
+# so everything here also works without `just`.
+
+db_url := env_var_or_default("KAGZI_DB_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+# Make sure PostgreSQL is running and the workspace builds.
+setup:
+    scripts/postgres.sh
+    cargo build --workspace --all-targets
+
+# Run the server against PostgreSQL.
+dev:
+    KAGZI_DB_URL={{db_url}} cargo run -p kagzi-server
+
+# Run every test (needs PostgreSQL; see `setup`).
+test:
+    scripts/postgres.sh
+    cargo test --workspace
+
+# Run an example against a running server, e.g. `just example simple`.
+example NAME:
+    cargo run -p kagzi --example {{NAME}}
+
+# What CI runs.
+ci:
+    bash .ci/run
