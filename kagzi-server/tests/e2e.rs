@@ -1,0 +1,555 @@
+//! End-to-end tests: a real server over real HTTP, real workers from the SDK, real
+//! PostgreSQL (a fresh database per test) — including the crash cases.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kagzi::{Client, RunId, RunStatus, Worker, WorkflowContext};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use support::{ServerProcess, eventually};
+use tokio_util::sync::CancellationToken;
+
+/// Starts `worker` in the background until the returned token is cancelled.
+fn spawn_worker(
+    worker: Worker,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<kagzi::Result<()>>,
+) {
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
+    (stop, handle)
+}
+
+async fn completed_keys(client: &Client, run: RunId) -> Vec<String> {
+    let steps = client.steps(run).await.expect("steps");
+    steps
+        .into_iter()
+        .filter(|s| s.status == kagzi::StepStatus::Completed)
+        .map(|s| s.key)
+        .collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_workflow_runs_step_by_step_and_returns_its_typed_output(pool: PgPool) {
+    let server = support::start_server(pool).await;
+    let url = support::url(&server);
+    let charges = Arc::new(AtomicUsize::new(0));
+
+    let mut worker = Worker::builder(&url, "e2e")
+        .max_concurrent(4)
+        .build()
+        .await
+        .expect("worker");
+    let counter = charges.clone();
+    worker.register("checkout", move |ctx: WorkflowContext, amount: u32| {
+        let counter = counter.clone();
+        async move {
+            let first = ctx
+                .run("charge", async {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Ok(amount)
+                })
+                .await?;
+            let second = ctx
+                .run("charge", async {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Ok(amount * 2)
+                })
+                .await?;
+            let receipt: String = ctx
+                .run(
+                    "receipt",
+                    async move { Ok(format!("paid {}", first + second)) },
+                )
+                .await?;
+            Ok(receipt)
+        }
+    });
+    let (stop, handle) = spawn_worker(worker);
+
+    let client = Client::connect(&url).await.expect("client");
+    let id = client
+        .workflow("checkout", "e2e", 10)
+        .retries(2)
+        .await
+        .expect("start");
+    let receipt: String = client.result(id).await.expect("result");
+    assert_eq!(receipt, "paid 30");
+    assert_eq!(charges.load(Ordering::SeqCst), 2);
+
+    let steps = client.steps(id).await.expect("steps");
+    let keys: Vec<(&str, u32, Option<&Value>)> = steps
+        .iter()
+        .map(|s| (s.key.as_str(), s.position, s.output.as_ref()))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("charge", 0, Some(&json!(10))),
+            ("charge#2", 1, Some(&json!(20))),
+            ("receipt", 2, Some(&json!("paid 30"))),
+        ]
+    );
+    let run = client.run(id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.attempts, 1);
+    assert_eq!(run.retries, 2);
+
+    stop.cancel();
+    handle
+        .await
+        .expect("worker task")
+        .expect("worker stops cleanly");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_failed_run_is_retried_without_rerunning_finished_steps(pool: PgPool) {
+    let server = support::start_server(pool).await;
+    let url = support::url(&server);
+    let effects = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+
+    let mut worker = Worker::builder(&url, "retry")
+        .build()
+        .await
+        .expect("worker");
+    let seen = effects.clone();
+    worker.register("flaky", move |ctx: WorkflowContext, (): ()| {
+        let seen = seen.clone();
+        async move {
+            let bump = |key: &str| {
+                *seen
+                    .lock()
+                    .expect("lock")
+                    .entry(key.to_owned())
+                    .or_default() += 1
+            };
+            ctx.run("reserve", async {
+                bump("reserve");
+                Ok(())
+            })
+            .await?;
+            if ctx.attempt() == 1 {
+                anyhow::bail!("the payment provider is down");
+            }
+            ctx.run("pay", async {
+                bump("pay");
+                Ok(())
+            })
+            .await?;
+            Ok("done")
+        }
+    });
+    let (stop, _handle) = spawn_worker(worker);
+
+    let client = Client::connect(&url).await.expect("client");
+    let id = client
+        .workflow("flaky", "retry", ())
+        .retries(1)
+        .await
+        .expect("start");
+    let out: String = client.result(id).await.expect("the retry succeeds");
+    assert_eq!(out, "done");
+    let run = client.run(id).await.expect("run");
+    assert_eq!(run.attempts, 2);
+    assert_eq!(run.error, None, "a completed run carries no stale error");
+    let effects = effects.lock().expect("lock").clone();
+    assert_eq!(
+        effects.get("reserve"),
+        Some(&1),
+        "the finished step was not re-run"
+    );
+    assert_eq!(effects.get("pay"), Some(&1));
+
+    // Without retries left, the run fails and the client says why.
+    let failing = client.workflow("flaky", "retry", ()).await.expect("start");
+    let err = client
+        .result::<String>(failing)
+        .await
+        .expect_err("no retries");
+    assert!(
+        matches!(&err, kagzi::Error::RunFailed { message, .. } if message.contains("payment provider is down")),
+        "{err:?}"
+    );
+    stop.cancel();
+}
+
+#[sqlx::test(migrations = false)]
+async fn cancelling_a_running_run_stops_it_within_a_heartbeat(pool: PgPool) {
+    let server = support::start_server(pool).await;
+    let url = support::url(&server);
+    let after_cancel = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(tokio::sync::Notify::new());
+
+    let mut worker = Worker::builder(&url, "cancel")
+        .build()
+        .await
+        .expect("worker");
+    let (ran, began) = (after_cancel.clone(), started.clone());
+    worker.register("slow", move |ctx: WorkflowContext, (): ()| {
+        let (ran, began) = (ran.clone(), began.clone());
+        async move {
+            ctx.run("wait", async {
+                began.notify_one();
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok(())
+            })
+            .await?;
+            ctx.run("after", async {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .await?;
+            Ok(())
+        }
+    });
+    let (stop, _handle) = spawn_worker(worker);
+
+    let client = Client::connect(&url).await.expect("client");
+    let id = client.workflow("slow", "cancel", ()).await.expect("start");
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("the run started");
+    let cancelled = client.cancel(id).await.expect("cancel");
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+    let err = client.result::<()>(id).await.expect_err("cancelled");
+    assert!(matches!(err, kagzi::Error::RunCancelled { .. }), "{err:?}");
+    // Heartbeats come every 300 ms here; give the worker a few to drop the run.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        after_cancel.load(Ordering::SeqCst),
+        0,
+        "no step ran after the cancel"
+    );
+    assert!(
+        client.steps(id).await.expect("steps").is_empty(),
+        "nothing recorded after the cancel"
+    );
+    stop.cancel();
+}
+
+/// A reclaimed lease fences the old holder: its late reports get 409 and change nothing.
+#[sqlx::test(migrations = false)]
+async fn a_worker_whose_lease_was_reclaimed_gets_409_on_its_late_report(pool: PgPool) {
+    let server = support::start_server(pool).await;
+    let url = support::url(&server);
+    let http = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            http.post(format!("{url}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("request")
+        }
+    };
+    let json = |res: reqwest::Response| async move { res.json::<Value>().await.expect("JSON") };
+
+    let run = json(
+        post(
+            "/v1/runs".into(),
+            json!({"workflow": "w", "queue": "fence"}),
+        )
+        .await,
+    )
+    .await;
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let register = json!({"queue": "fence", "workflows": ["w"], "capacity": 1});
+    let zombie = json(post("/v1/workers".into(), register.clone()).await).await;
+    let zombie_id = zombie["id"].as_str().expect("id").to_owned();
+    let claim = json(post(format!("/v1/workers/{zombie_id}/poll"), json!({"max": 1})).await).await;
+    let old_token = claim["runs"][0]["lease_token"].clone();
+
+    // The zombie stops heartbeating; the watchdog reclaims the run after the 2 s lease.
+    let fresh = json(post("/v1/workers".into(), register).await).await;
+    let fresh_id = fresh["id"].as_str().expect("id").to_owned();
+    let reclaimed = json(
+        post(
+            format!("/v1/workers/{fresh_id}/poll"),
+            json!({"max": 1, "timeout_ms": 10000}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        reclaimed["runs"][0]["run_id"],
+        run_id.as_str(),
+        "the run came back to another worker"
+    );
+    assert_eq!(reclaimed["runs"][0]["attempt"], 2);
+    let new_token = reclaimed["runs"][0]["lease_token"].clone();
+
+    let late_step = json!({"lease_token": old_token, "key": "a", "position": 0, "status": "completed", "output": "zombie"});
+    let res = post(format!("/v1/runs/{run_id}/steps"), late_step).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let res = post(
+        format!("/v1/runs/{run_id}/complete"),
+        json!({"lease_token": old_token, "output": "zombie"}),
+    )
+    .await;
+    assert_eq!(res.status(), 409);
+    let res = post(
+        format!("/v1/runs/{run_id}/complete"),
+        json!({"lease_token": new_token, "output": "fresh"}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let run = json(
+        http.get(format!("{url}/v1/runs/{run_id}"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(run["output"], "fresh");
+    let steps = json(
+        http.get(format!("{url}/v1/runs/{run_id}/steps"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(
+        steps["steps"],
+        json!([]),
+        "the zombie's step was not recorded"
+    );
+}
+
+// --- crash test (a): SIGKILL a worker process in the middle of a 5-step run -------------
+
+const WORKER_URL_ENV: &str = "KAGZI_E2E_WORKER_URL";
+const EFFECTS_ENV: &str = "KAGZI_E2E_EFFECTS";
+
+/// Registers the five-step workflow whose every step execution appends its key to `effects`.
+fn register_five_steps(worker: &mut Worker, effects: PathBuf) {
+    worker.register("five_steps", move |ctx: WorkflowContext, input: u64| {
+        let effects = effects.clone();
+        async move {
+            let mut total = input;
+            for i in 1..=5u64 {
+                let effects = effects.clone();
+                total = ctx
+                    .run(&format!("step{i}"), async move {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        append_line(&effects, &format!("step{i}"));
+                        Ok(total + i)
+                    })
+                    .await?;
+            }
+            Ok(total)
+        }
+    });
+}
+
+fn append_line(path: &Path, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open the effects log");
+    writeln!(file, "{line}").expect("append to the effects log");
+}
+
+/// Not a test of its own: when the crash test re-runs this test binary with
+/// `KAGZI_E2E_WORKER_URL` set, this entry point becomes the worker process it kills.
+#[test]
+fn e2e_worker_process_entry() {
+    let Ok(url) = std::env::var(WORKER_URL_ENV) else {
+        return;
+    };
+    let effects = PathBuf::from(std::env::var(EFFECTS_ENV).expect("effects path"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let mut worker = Worker::builder(url, "crash").build().await.expect("worker");
+        register_five_steps(&mut worker, effects);
+        worker
+            .run_until(std::future::pending())
+            .await
+            .expect("worker runs until killed");
+    });
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_killed_worker_process_is_replaced_and_finished_steps_run_exactly_once(pool: PgPool) {
+    let server = support::start_server(pool).await;
+    let url = support::url(&server);
+    let effects = std::env::temp_dir().join(format!("kagzi-effects-{}", uuid::Uuid::new_v4()));
+
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "e2e_worker_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(WORKER_URL_ENV, &url)
+        .env(EFFECTS_ENV, &effects)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("worker process starts");
+
+    let client = Client::connect(&url).await.expect("client");
+    let id = client
+        .workflow("five_steps", "crash", 100u64)
+        .await
+        .expect("start");
+    eventually("two steps recorded", Duration::from_secs(30), || async {
+        completed_keys(&client, id).await.len() >= 2
+    })
+    .await;
+    child.kill().expect("SIGKILL the worker");
+    child.wait().expect("the worker is gone");
+    // Let a report the process sent just before it died land before reading the journal.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let finished_before_kill = completed_keys(&client, id).await;
+    assert!(
+        finished_before_kill.len() < 5,
+        "the kill landed mid-run: {finished_before_kill:?}"
+    );
+
+    let mut worker = Worker::builder(&url, "crash")
+        .build()
+        .await
+        .expect("worker");
+    register_five_steps(&mut worker, effects.clone());
+    let (stop, _handle) = spawn_worker(worker);
+    let total: u64 = client
+        .result(id)
+        .await
+        .expect("another worker finishes the run");
+    assert_eq!(total, 100 + 1 + 2 + 3 + 4 + 5);
+    stop.cancel();
+
+    let log = std::fs::read_to_string(&effects).expect("effects log");
+    let _ = std::fs::remove_file(&effects);
+    let count = |key: &str| log.lines().filter(|l| *l == key).count();
+    for key in &finished_before_kill {
+        assert_eq!(
+            count(key),
+            1,
+            "{key} finished before the kill and must not run again:\n{log}"
+        );
+    }
+    for i in 1..=5 {
+        assert!(
+            count(&format!("step{i}")) >= 1,
+            "step{i} ran at least once:\n{log}"
+        );
+    }
+    let run = client.run(id).await.expect("run");
+    assert_eq!(
+        run.attempts, 2,
+        "claimed by the killed worker, then by its replacement"
+    );
+}
+
+// --- crash test (c): restart the server while 100 runs are in flight --------------------
+
+#[sqlx::test(migrations = false)]
+async fn a_server_restart_with_100_runs_in_flight_loses_nothing(pool: PgPool) {
+    let db_url = support::database_url(&pool);
+    let mut server = ServerProcess::start(&db_url, support::free_port()).await;
+    let url = server.url.clone();
+
+    let mut worker = Worker::builder(&url, "restart")
+        .max_concurrent(20)
+        .build()
+        .await
+        .expect("worker");
+    worker.register("triple", |ctx: WorkflowContext, n: u64| async move {
+        let mut acc = n;
+        for name in ["a", "b", "c"] {
+            acc = ctx
+                .run(name, async move {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    Ok(acc * 2)
+                })
+                .await?;
+        }
+        Ok(acc)
+    });
+    let (stop, _handle) = spawn_worker(worker);
+
+    let client = Client::connect(&url).await.expect("client");
+    let mut ids = Vec::new();
+    for n in 0..100u64 {
+        ids.push((
+            n,
+            client
+                .workflow("triple", "restart", n)
+                .await
+                .expect("start"),
+        ));
+    }
+    eventually("some runs completed", Duration::from_secs(30), || async {
+        let done = kagzi::RunFilter::default()
+            .status(RunStatus::Completed)
+            .limit(1000);
+        client
+            .list_runs(done)
+            .await
+            .is_ok_and(|page| page.runs.len() >= 10)
+    })
+    .await;
+    server.restart().await;
+
+    for (n, id) in ids {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let output = loop {
+            match client.wait(id, Duration::from_secs(5)).await {
+                Ok(run) if run.status == RunStatus::Completed => break run.output,
+                Ok(run) => panic!("run {id} ended {:?}: {:?}", run.status, run.error),
+                // Still running, or the connection broke across the restart.
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "run {id} did not complete: {e}"
+                ),
+            }
+        };
+        assert_eq!(output, Some(json!(n * 8)), "run {id} has the right output");
+        let keys = completed_keys(&client, id).await;
+        assert_eq!(
+            keys,
+            vec!["a", "b", "c"],
+            "run {id} recorded each step once"
+        );
+    }
+    stop.cancel();
+}
+
+// --- the README's example runs ----------------------------------------------------------
+
+#[sqlx::test(migrations = false)]
+async fn the_simple_example_runs_against_a_real_server(pool: PgPool) {
+    let server = ServerProcess::start(&support::database_url(&pool), support::free_port()).await;
+    let output = tokio::process::Command::new(support::example_binary("simple"))
+        .env("KAGZI_SERVER_URL", &server.url)
+        .env("RUST_LOG", "warn")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the example finishes within a minute")
+        .expect("the example runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "example failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Hello, World!"),
+        "example printed: {stdout}"
+    );
+}

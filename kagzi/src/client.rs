@@ -1,0 +1,277 @@
+//! The client: starts workflow runs, inspects and cancels them, and waits for their results.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::http::{Call, Http, Retry};
+use crate::types::{Run, RunFilter, RunId, RunPage, RunStatus, Step};
+
+/// How long one `GET /v1/runs/{id}/result` long-poll asks the server to wait.
+const RESULT_POLL: Duration = Duration::from_secs(30);
+/// Extra time the HTTP client allows a long-poll beyond its own timeout.
+const POLL_SLACK: Duration = Duration::from_secs(10);
+/// How long client calls keep retrying while the server is unreachable.
+const RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+/// A connection to a Kagzi server for starting and inspecting runs. Cheap to clone.
+///
+/// If `KAGZI_API_KEY` is set, every request carries it as a bearer token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: Http,
+}
+
+impl Client {
+    /// Connect to the server at `url` (e.g. `http://localhost:50051`) and check that it is
+    /// up (`GET /healthz`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a URL that is not `http(s)://`; [`Error::Http`] or
+    /// [`Error::Api`] if the server cannot be reached or is not healthy.
+    pub async fn connect(url: impl Into<String>) -> Result<Client> {
+        let http = Http::new(&url.into(), 16)?;
+        http.send::<IgnoredAny>(
+            &Call::get(http.url(&["healthz"])).timeout(Duration::from_secs(10)),
+        )
+        .await?;
+        Ok(Client { http })
+    }
+
+    /// Start building a run of workflow `name` on `queue` with `input`; `.await` it to start
+    /// the run and get its id.
+    ///
+    /// ```no_run
+    /// # async fn example(client: kagzi::Client) -> kagzi::Result<()> {
+    /// let run_id = client
+    ///     .workflow("process_payment", "default", serde_json::json!({"amount": 42}))
+    ///     .retries(3)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn workflow(
+        &self,
+        name: impl Into<String>,
+        queue: impl Into<String>,
+        input: impl Serialize,
+    ) -> StartWorkflow {
+        StartWorkflow {
+            http: self.http.clone(),
+            workflow: name.into(),
+            queue: queue.into(),
+            input: serde_json::to_value(input),
+            retries: 0,
+        }
+    }
+
+    /// The run `id` as it stands now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] with status 404 if there is no such run; transport errors.
+    pub async fn run(&self, id: RunId) -> Result<Run> {
+        let call = Call::get(self.run_url(id, None)).retry(Retry::Transient(RETRY_BUDGET));
+        self.http.send(&call).await
+    }
+
+    /// The recorded steps of run `id`, in position order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] with status 404 if there is no such run; transport errors.
+    pub async fn steps(&self, id: RunId) -> Result<Vec<Step>> {
+        #[derive(Deserialize)]
+        struct Steps {
+            steps: Vec<Step>,
+        }
+        let call = Call::get(self.run_url(id, Some("steps"))).retry(Retry::Transient(RETRY_BUDGET));
+        Ok(self.http.send::<Steps>(&call).await?.steps)
+    }
+
+    /// One page of runs matching `filter`, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] for an invalid filter or cursor; transport errors.
+    pub async fn list_runs(&self, filter: RunFilter) -> Result<RunPage> {
+        let mut url = self.http.url(&["v1", "runs"]);
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(workflow) = &filter.workflow {
+                query.append_pair("workflow", workflow);
+            }
+            if let Some(queue) = &filter.queue {
+                query.append_pair("queue", queue);
+            }
+            if let Some(status) = filter.status {
+                query.append_pair("status", status.as_str());
+            }
+            if let Some(limit) = filter.limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+            if let Some(cursor) = &filter.cursor {
+                query.append_pair("cursor", cursor);
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let call = Call::get(url).retry(Retry::Transient(RETRY_BUDGET));
+        self.http.send(&call).await
+    }
+
+    /// Cancel run `id`. A running run is stopped by its worker at the next heartbeat.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] with status 409 if the run has already ended, 404 if there is no such
+    /// run; transport errors.
+    pub async fn cancel(&self, id: RunId) -> Result<Run> {
+        let call = Call::post(self.run_url(id, Some("cancel")), &serde_json::json!({}))?
+            .retry(Retry::Unsent(RETRY_BUDGET));
+        self.http.send(&call).await
+    }
+
+    /// Wait for run `id` to end and return its output, deserialized as `O`.
+    ///
+    /// Waits as long as it takes (long-polling the server), riding out short server outages.
+    /// See [`wait`](Self::wait) to bound the wait.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunFailed`] or [`Error::RunCancelled`] if the run did not complete;
+    /// [`Error::Serde`] if the output is not an `O`; [`Error::Api`] with status 404 if there
+    /// is no such run; transport errors.
+    pub async fn result<O: DeserializeOwned>(&self, id: RunId) -> Result<O> {
+        let run = loop {
+            let run = self.result_poll(id, RESULT_POLL).await?;
+            if run.status.is_terminal() {
+                break run;
+            }
+        };
+        match run.status {
+            RunStatus::Completed => Ok(serde_json::from_value(run.output.unwrap_or(Value::Null))?),
+            RunStatus::Cancelled => Err(Error::RunCancelled { run_id: id }),
+            _ => Err(Error::RunFailed {
+                run_id: id,
+                message: run.error.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Wait up to `timeout` for run `id` to end and return it, whether it completed, failed
+    /// or was cancelled.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if the run has not ended in time; [`Error::Api`] with status 404 if
+    /// there is no such run; transport errors.
+    pub async fn wait(&self, id: RunId, timeout: Duration) -> Result<Run> {
+        let deadline = Instant::now() + timeout;
+        let waiting = async {
+            loop {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let run = self.result_poll(id, remaining.min(RESULT_POLL)).await?;
+                if run.status.is_terminal() {
+                    return Ok(run);
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout);
+                }
+            }
+        };
+        // Allow the last long-poll a moment to come back before giving up.
+        tokio::time::timeout(timeout + Duration::from_secs(1), waiting)
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    /// One `GET /v1/runs/{id}/result` long-poll of up to `wait`.
+    async fn result_poll(&self, id: RunId, wait: Duration) -> Result<Run> {
+        let mut url = self.run_url(id, Some("result"));
+        url.query_pairs_mut()
+            .append_pair("timeout_ms", &wait.as_millis().to_string());
+        let call = Call::get(url)
+            .timeout(wait + POLL_SLACK)
+            .retry(Retry::Transient(RETRY_BUDGET));
+        let started = Instant::now();
+        let run: Run = self.http.send(&call).await?;
+        if !run.status.is_terminal()
+            && wait > Duration::ZERO
+            && started.elapsed() < Duration::from_millis(20)
+        {
+            // The server answered at once without waiting; don't spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(run)
+    }
+
+    fn run_url(&self, id: RunId, tail: Option<&str>) -> reqwest::Url {
+        let id = id.to_string();
+        match tail {
+            Some(tail) => self.http.url(&["v1", "runs", &id, tail]),
+            None => self.http.url(&["v1", "runs", &id]),
+        }
+    }
+}
+
+/// A run about to be started; made by [`Client::workflow`]. `.await` it to start the run.
+#[derive(Debug)]
+#[must_use = "the run is only started when this is awaited"]
+pub struct StartWorkflow {
+    http: Http,
+    workflow: String,
+    queue: String,
+    input: serde_json::Result<Value>,
+    retries: u32,
+}
+
+impl StartWorkflow {
+    /// Retry the run up to `retries` times after a failed attempt (default 0).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    async fn send(self) -> Result<RunId> {
+        #[derive(Serialize)]
+        struct StartRequest<'a> {
+            workflow: &'a str,
+            queue: &'a str,
+            input: &'a Value,
+            retries: u32,
+        }
+        #[derive(Deserialize)]
+        struct Started {
+            id: RunId,
+        }
+        let input = self.input?;
+        let body = StartRequest {
+            workflow: &self.workflow,
+            queue: &self.queue,
+            input: &input,
+            retries: self.retries,
+        };
+        let call =
+            Call::post(self.http.url(&["v1", "runs"]), &body)?.retry(Retry::Unsent(RETRY_BUDGET));
+        Ok(self.http.send::<Started>(&call).await?.id)
+    }
+}
+
+impl IntoFuture for StartWorkflow {
+    type Output = Result<RunId>;
+    type IntoFuture = BoxFuture<'static, Result<RunId>>;
+
+    /// Start the run.
+    fn into_future(self) -> Self::IntoFuture {
+        self.send().boxed()
+    }
+}

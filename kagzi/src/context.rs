@@ -1,0 +1,590 @@
+//! The workflow context: what a running workflow uses to run durable steps.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::http::{Call, Http, Retry, WORKER_RETRY_BUDGET};
+use crate::types::{RunId, Step, StepStatus};
+
+/// A recorded step result, as the poll hands it to the worker.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct JournalEntry {
+    pub(crate) key: String,
+    pub(crate) position: u32,
+    #[serde(default)]
+    pub(crate) output: Value,
+}
+
+/// The handle a workflow function gets to run durable steps.
+///
+/// Cheap to clone; every method takes `&self`, so steps can run in parallel
+/// (`futures::join!(ctx.run("a", ..), ctx.run("b", ..))`).
+#[derive(Clone)]
+pub struct WorkflowContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    run_id: RunId,
+    workflow: String,
+    attempt: u32,
+    lease_token: Uuid,
+    /// Recorded outputs by step key.
+    journal: HashMap<String, Value>,
+    /// Recorded step keys by position, to catch non-deterministic replays.
+    recorded_keys: HashMap<u32, String>,
+    steps: Mutex<StepCounter>,
+    /// Where step results are reported; `None` only in unit tests.
+    http: Option<Http>,
+}
+
+/// Assigns step keys and positions in call order.
+#[derive(Default)]
+struct StepCounter {
+    occurrences: HashMap<String, u32>,
+    next_position: u32,
+    /// Set once any step has really executed in this attempt: from then on the run may
+    /// legitimately diverge from the journal (a step that failed before may succeed now).
+    diverged: bool,
+}
+
+/// What to do for one step call, decided synchronously when the step is called.
+enum Plan {
+    /// The journal has the result: return it without running the step.
+    Replay(Value),
+    /// Run the step and report its result.
+    Execute,
+    /// The journal disagrees with the code.
+    Reject(Error),
+}
+
+impl fmt::Debug for WorkflowContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkflowContext")
+            .field("run_id", &self.inner.run_id)
+            .field("workflow", &self.inner.workflow)
+            .field("attempt", &self.inner.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkflowContext {
+    pub(crate) fn new(
+        run_id: RunId,
+        workflow: String,
+        attempt: u32,
+        lease_token: Uuid,
+        journal: Vec<JournalEntry>,
+        http: Option<Http>,
+    ) -> Self {
+        let mut outputs = HashMap::with_capacity(journal.len());
+        let mut recorded_keys = HashMap::with_capacity(journal.len());
+        for entry in journal {
+            recorded_keys.insert(entry.position, entry.key.clone());
+            outputs.insert(entry.key, entry.output);
+        }
+        WorkflowContext {
+            inner: Arc::new(Inner {
+                run_id,
+                workflow,
+                attempt,
+                lease_token,
+                journal: outputs,
+                recorded_keys,
+                steps: Mutex::new(StepCounter::default()),
+                http,
+            }),
+        }
+    }
+
+    /// The id of the run being executed.
+    pub fn run_id(&self) -> RunId {
+        self.inner.run_id
+    }
+
+    /// Which attempt of the run this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// The name of the workflow being executed.
+    pub fn workflow(&self) -> &str {
+        &self.inner.workflow
+    }
+
+    /// Run `fut` as a durable step named `name`, once (no step-level retries; see
+    /// [`step`](Self::step) for those).
+    ///
+    /// The step key is `name` for the first step of that name in the run, then `name#2`,
+    /// `name#3`, ...; keys and positions are assigned when `run` is *called*, so parallel
+    /// steps get them in call order. If the run's journal already holds a result for the key
+    /// (the run is being replayed after a crash or retry), that result is returned and `fut`
+    /// is dropped without being polled. Otherwise `fut` runs and its result is recorded on the
+    /// server before `run` returns; the value returned is the one the server recorded (the
+    /// first report for a key wins).
+    ///
+    /// **Guarantee:** the step's side effects run *at least once* — a crash after the side
+    /// effect but before the report re-runs it on the next attempt, so make them idempotent —
+    /// and its recorded result is used *exactly once*: every replay sees the same value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StepFailed`] if `fut` returns an error (the failure is reported to the
+    /// server); [`Error::LeaseLost`] if the run was cancelled or reclaimed;
+    /// [`Error::NonDeterminism`] if the journal recorded a different step at this position;
+    /// [`Error::Serde`] if the value cannot be (de)serialized; transport errors if the
+    /// result cannot be reported.
+    pub fn run<T, Fut>(
+        &self,
+        name: &str,
+        fut: Fut,
+    ) -> impl Future<Output = Result<T>> + Send + use<T, Fut>
+    where
+        Fut: Future<Output = anyhow::Result<T>> + Send,
+        T: Serialize + DeserializeOwned + Send,
+    {
+        let inner = Arc::clone(&self.inner);
+        let (key, position, plan) = inner.plan(name);
+        async move {
+            match plan {
+                Plan::Replay(output) => {
+                    debug!(run_id = %inner.run_id, key, "step replayed from the journal");
+                    Ok(serde_json::from_value(output)?)
+                }
+                Plan::Reject(error) => Err(error),
+                Plan::Execute => {
+                    inner.mark_diverged();
+                    let result = fut.await;
+                    inner.finish(key, position, result, 1).await
+                }
+            }
+        }
+    }
+
+    /// Start building a step named `name` with options, e.g. a retry policy:
+    ///
+    /// ```no_run
+    /// # async fn example(ctx: kagzi::WorkflowContext) -> kagzi::Result<()> {
+    /// use kagzi::RetryPolicy;
+    /// let charged: u64 = ctx
+    ///     .step("charge")
+    ///     .retry(RetryPolicy::default())
+    ///     .run(|| async { Ok(42) })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn step(&self, name: &str) -> StepBuilder {
+        StepBuilder {
+            ctx: self.clone(),
+            name: name.to_owned(),
+            policy: RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+        }
+    }
+}
+
+impl Inner {
+    /// Assign the next key and position for a step called `name` and decide what to do.
+    fn plan(&self, name: &str) -> (String, u32, Plan) {
+        let mut steps = self.steps.lock().unwrap_or_else(PoisonError::into_inner);
+        let occurrence = steps.occurrences.entry(name.to_owned()).or_insert(0);
+        *occurrence += 1;
+        let key = if *occurrence == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}#{occurrence}")
+        };
+        let position = steps.next_position;
+        steps.next_position += 1;
+
+        let plan = if let Some(output) = self.journal.get(&key) {
+            Plan::Replay(output.clone())
+        } else {
+            match self.recorded_keys.get(&position) {
+                Some(recorded) if !steps.diverged && *recorded != key => {
+                    Plan::Reject(Error::NonDeterminism {
+                        position,
+                        recorded: recorded.clone(),
+                        requested: key.clone(),
+                    })
+                }
+                _ => Plan::Execute,
+            }
+        };
+        (key, position, plan)
+    }
+
+    fn mark_diverged(&self) {
+        self.steps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .diverged = true;
+    }
+
+    /// Report a step's outcome and return the value to continue with.
+    async fn finish<T>(
+        &self,
+        key: String,
+        position: u32,
+        result: anyhow::Result<T>,
+        attempts: u32,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        match result {
+            Ok(value) => {
+                let output = serde_json::to_value(&value)?;
+                let Some(http) = &self.http else {
+                    return Ok(value);
+                };
+                let report = StepReport {
+                    lease_token: self.lease_token,
+                    key: &key,
+                    position,
+                    status: StepStatus::Completed,
+                    output: Some(&output),
+                    error: None,
+                    attempts,
+                };
+                let recorded = self.report(http, &report).await?;
+                debug!(run_id = %self.run_id, key, attempts, "step completed");
+                Ok(serde_json::from_value(
+                    recorded.output.unwrap_or(Value::Null),
+                )?)
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                if let Some(http) = &self.http {
+                    let report = StepReport {
+                        lease_token: self.lease_token,
+                        key: &key,
+                        position,
+                        status: StepStatus::Failed,
+                        output: None,
+                        error: Some(&message),
+                        attempts,
+                    };
+                    match self.report(http, &report).await {
+                        Ok(_) => {}
+                        Err(lost @ Error::LeaseLost { .. }) => return Err(lost),
+                        Err(e) => {
+                            warn!(run_id = %self.run_id, key, error = %e, "could not record step failure");
+                        }
+                    }
+                }
+                debug!(run_id = %self.run_id, key, attempts, error = %message, "step failed");
+                Err(Error::StepFailed { key, message })
+            }
+        }
+    }
+
+    async fn report(&self, http: &Http, report: &StepReport<'_>) -> Result<Step> {
+        let run_id = self.run_id.to_string();
+        let call = Call::post(http.url(&["v1", "runs", &run_id, "steps"]), report)?
+            .retry(Retry::Transient(WORKER_RETRY_BUDGET))
+            .report(self.run_id);
+        http.send(&call).await
+    }
+}
+
+/// Body of `POST /v1/runs/{id}/steps`.
+#[derive(Serialize)]
+struct StepReport<'a> {
+    lease_token: Uuid,
+    key: &'a str,
+    position: u32,
+    status: StepStatus,
+    output: Option<&'a Value>,
+    error: Option<&'a str>,
+    attempts: u32,
+}
+
+/// How often, and how patiently, a step is retried inside one run attempt.
+///
+/// The delay before retry `n` (1-based) is `initial_interval * backoff_coefficient^(n-1)`,
+/// capped at `max_interval`, then scaled by a random factor in `[0.5, 1.0]` (jitter).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first (0 is treated as 1).
+    pub max_attempts: u32,
+    /// Delay before the first retry.
+    pub initial_interval: Duration,
+    /// Factor the delay grows by on each retry.
+    pub backoff_coefficient: f64,
+    /// Upper bound on the delay between attempts.
+    pub max_interval: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 3 attempts, 100 ms first delay, doubling, at most 10 s.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_interval: Duration::from_millis(100),
+            backoff_coefficient: 2.0,
+            max_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay, before jitter, after failed attempt `attempt` (1-based).
+    fn base_delay(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.initial_interval.as_secs_f64() * self.backoff_coefficient.powi(exponent);
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(self.max_interval)
+            .min(self.max_interval)
+    }
+
+    /// The delay, with jitter, to wait after failed attempt `attempt` (1-based).
+    fn delay(&self, attempt: u32) -> Duration {
+        let base = self.base_delay(attempt);
+        let jitter: f64 = rand::random_range(0.5..=1.0);
+        Duration::try_from_secs_f64(base.as_secs_f64() * jitter)
+            .unwrap_or(base)
+            .min(base)
+    }
+}
+
+/// A step being configured; see [`WorkflowContext::step`].
+#[derive(Debug)]
+#[must_use = "a step does nothing until `.run(..)` is called and awaited"]
+pub struct StepBuilder {
+    ctx: WorkflowContext,
+    name: String,
+    policy: RetryPolicy,
+}
+
+impl StepBuilder {
+    /// Retry the step inside this run attempt according to `policy`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Run the step: call `f` and await the future it returns, calling it again after a
+    /// failure while the retry policy allows. Same key assignment, replay and guarantee as
+    /// [`WorkflowContext::run`]; the recorded result carries the number of attempts.
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkflowContext::run`]; [`Error::StepFailed`] carries the last attempt's error.
+    pub fn run<T, F, Fut>(self, mut f: F) -> impl Future<Output = Result<T>> + Send + use<T, F, Fut>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = anyhow::Result<T>> + Send,
+        T: Serialize + DeserializeOwned + Send,
+    {
+        let inner = Arc::clone(&self.ctx.inner);
+        let (key, position, plan) = inner.plan(&self.name);
+        let policy = self.policy;
+        async move {
+            match plan {
+                Plan::Replay(output) => {
+                    debug!(run_id = %inner.run_id, key, "step replayed from the journal");
+                    Ok(serde_json::from_value(output)?)
+                }
+                Plan::Reject(error) => Err(error),
+                Plan::Execute => {
+                    inner.mark_diverged();
+                    let max_attempts = policy.max_attempts.max(1);
+                    let mut attempt = 1;
+                    loop {
+                        let result = f().await;
+                        match result {
+                            Err(error) if attempt < max_attempts => {
+                                let delay = policy.delay(attempt);
+                                debug!(run_id = %inner.run_id, key, attempt, ?delay, error = %format!("{error:#}"), "step attempt failed; retrying");
+                                tokio::time::sleep(delay).await;
+                                attempt += 1;
+                            }
+                            result => return inner.finish(key, position, result, attempt).await,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn context(journal: Vec<JournalEntry>) -> WorkflowContext {
+        WorkflowContext::new(
+            RunId(Uuid::now_v7()),
+            "test".to_owned(),
+            1,
+            Uuid::new_v4(),
+            journal,
+            None,
+        )
+    }
+
+    fn entry(key: &str, position: u32, output: Value) -> JournalEntry {
+        JournalEntry {
+            key: key.to_owned(),
+            position,
+            output,
+        }
+    }
+
+    #[test]
+    fn keys_count_occurrences_and_positions_follow_call_order() {
+        let ctx = context(Vec::new());
+        let keys: Vec<_> = ["a", "a", "b", "a", "b"]
+            .into_iter()
+            .map(|name| {
+                let (key, position, _) = ctx.inner.plan(name);
+                (key, position)
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("a".to_owned(), 0),
+                ("a#2".to_owned(), 1),
+                ("b".to_owned(), 2),
+                ("a#3".to_owned(), 3),
+                ("b#2".to_owned(), 4),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn parallel_steps_get_keys_in_call_order() -> Result<()> {
+        // The journal holds the second "a" only; the first runs, the second replays.
+        let ctx = context(vec![entry("a#2", 1, json!(20))]);
+        let (first, second) = futures::join!(
+            ctx.run("a", async { Ok(1u32) }),
+            ctx.run("a", async { Ok(2u32) })
+        );
+        assert_eq!((first?, second?), (1, 20));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn journal_hit_returns_recorded_value_without_polling() -> Result<()> {
+        let ctx = context(vec![entry("greet", 0, json!("recorded"))]);
+        let polled = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&polled);
+        let value: String = ctx
+            .run("greet", async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok("fresh".to_owned())
+            })
+            .await?;
+        assert_eq!(value, "recorded");
+        assert_eq!(polled.load(Ordering::SeqCst), 0);
+
+        let counter = Arc::clone(&polled);
+        let value: String = ctx
+            .step("greet")
+            .retry(RetryPolicy::default())
+            .run(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { Ok("fresh".to_owned()) }
+            })
+            .await?;
+        assert_eq!(value, "fresh", "greet#2 is not in the journal, so it runs");
+        assert_eq!(polled.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn failed_step_reports_step_failed_with_causes() {
+        let ctx = context(Vec::new());
+        let result: Result<u32> = ctx
+            .run("charge", async {
+                Err(anyhow::anyhow!("card declined").context("charging"))
+            })
+            .await;
+        match result {
+            Err(Error::StepFailed { key, message }) => {
+                assert_eq!(key, "charge");
+                assert_eq!(message, "charging: card declined");
+            }
+            other => panic!("expected StepFailed, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn step_retries_until_success() -> Result<()> {
+        let ctx = context(Vec::new());
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&calls);
+        let value: u32 = ctx
+            .step("flaky")
+            .retry(RetryPolicy {
+                initial_interval: Duration::from_millis(1),
+                ..RetryPolicy::default()
+            })
+            .run(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    if n < 3 {
+                        anyhow::bail!("attempt {n} failed")
+                    }
+                    Ok(n)
+                }
+            })
+            .await?;
+        assert_eq!(value, 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn replay_that_asks_for_a_different_step_is_rejected() {
+        let ctx = context(vec![entry("charge", 0, json!(1))]);
+        let result: Result<u32> = ctx.run("refund", async { Ok(2) }).await;
+        assert!(matches!(
+            result,
+            Err(Error::NonDeterminism { position: 0, ref recorded, ref requested })
+                if recorded == "charge" && requested == "refund"
+        ));
+    }
+
+    #[test]
+    fn retry_delays_grow_and_stay_within_bounds() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.base_delay(1), Duration::from_millis(100));
+        assert_eq!(policy.base_delay(2), Duration::from_millis(200));
+        assert_eq!(policy.base_delay(5), Duration::from_millis(1600));
+        assert_eq!(policy.base_delay(30), Duration::from_secs(10));
+        assert_eq!(policy.base_delay(u32::MAX), Duration::from_secs(10));
+        for attempt in 1..40 {
+            let base = policy.base_delay(attempt);
+            let delay = policy.delay(attempt);
+            assert!(
+                delay <= base && delay + Duration::from_micros(1) >= base / 2,
+                "{delay:?} vs {base:?}"
+            );
+            assert!(delay <= policy.max_interval);
+        }
+        let odd = RetryPolicy {
+            backoff_coefficient: f64::NAN,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(odd.base_delay(2), odd.max_interval);
+    }
+}

@@ -1,0 +1,85 @@
+//! The SDK's error type: what can go wrong talking to the server or running a workflow.
+
+use crate::types::RunId;
+
+/// The result type used throughout the SDK.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the Kagzi SDK.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The HTTP request could not be sent or its response could not be read.
+    #[error("http transport error: {0}")]
+    Http(#[from] reqwest::Error),
+
+    /// The server answered with an error (an `application/problem+json` body).
+    #[error("server answered {status} {title}: {detail}")]
+    Api {
+        /// HTTP status code.
+        status: u16,
+        /// Short summary of the problem.
+        title: String,
+        /// Explanation specific to this occurrence.
+        detail: String,
+    },
+
+    /// The worker no longer holds the lease on this run (it was cancelled, reclaimed or
+    /// finished elsewhere); the run must be dropped without reporting anything more.
+    #[error("lease lost on run {run_id}: the run was cancelled or reclaimed")]
+    LeaseLost {
+        /// The run whose lease was lost.
+        run_id: RunId,
+    },
+
+    /// A payload could not be serialized or deserialized.
+    #[error("json error: {0}")]
+    Serde(#[from] serde_json::Error),
+
+    /// The run ended in the `failed` state.
+    #[error("run {run_id} failed: {message}")]
+    RunFailed {
+        /// The failed run.
+        run_id: RunId,
+        /// The error the run recorded.
+        message: String,
+    },
+
+    /// The run was cancelled.
+    #[error("run {run_id} was cancelled")]
+    RunCancelled {
+        /// The cancelled run.
+        run_id: RunId,
+    },
+
+    /// A step returned an error (after all its attempts).
+    #[error("step {key} failed: {message}")]
+    StepFailed {
+        /// The step key (`name`, `name#2`, ...).
+        key: String,
+        /// The step's error, formatted with its causes.
+        message: String,
+    },
+
+    /// Replay found a recorded step where the workflow code now asks for a different one:
+    /// the workflow code is not deterministic (or changed while runs were in flight).
+    #[error(
+        "non-deterministic workflow: step {position} was recorded as {recorded:?} but the code now asks for {requested:?}"
+    )]
+    NonDeterminism {
+        /// 0-based step position in the run.
+        position: u32,
+        /// The step key recorded in the journal at that position.
+        recorded: String,
+        /// The step key the code asked for.
+        requested: String,
+    },
+
+    /// The operation did not finish in the time allowed.
+    #[error("timed out")]
+    Timeout,
+
+    /// Invalid configuration (bad URL, zero concurrency, no workflows registered, ...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,320 @@
+//! The one place that sends HTTP requests to the Kagzi server: builds URLs, adds auth,
+//! retries what is safe to retry, and turns error responses into [`Error`]s.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+use crate::types::RunId;
+
+/// How long worker calls (polls, heartbeats, reports) keep retrying while the server is
+/// unreachable, e.g. restarting.
+pub(crate) const WORKER_RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+/// First delay between retries; doubled on every retry up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Which failures a call retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Send once; every failure is returned.
+    Never,
+    /// Retry only failures where the server cannot have acted on the request (connection
+    /// refused, 503), for calls that are not idempotent. Retries for at most the budget.
+    Unsent(Duration),
+    /// Retry transport errors and 429/502/503/504, for idempotent calls. Retries for at
+    /// most the budget.
+    Transient(Duration),
+}
+
+impl Retry {
+    fn budget(self) -> Duration {
+        match self {
+            Retry::Never => Duration::ZERO,
+            Retry::Unsent(budget) | Retry::Transient(budget) => budget,
+        }
+    }
+
+    fn covers(self, error: &Error) -> bool {
+        match (self, error) {
+            (Retry::Never, _) => false,
+            (Retry::Unsent(_), Error::Http(e)) => e.is_connect(),
+            (Retry::Unsent(_), Error::Api { status, .. }) => matches!(status, 429 | 503),
+            (Retry::Transient(_), Error::Http(e)) => !e.is_builder(),
+            (Retry::Transient(_), Error::Api { status, .. }) => {
+                matches!(status, 429 | 502 | 503 | 504)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One request to send: method, URL, JSON body and how to treat failures.
+#[derive(Debug)]
+pub(crate) struct Call {
+    method: Method,
+    url: Url,
+    body: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+    retry: Retry,
+    /// Set on lease-fenced reports: a 409 then means the lease on this run is lost.
+    report: Option<RunId>,
+}
+
+impl Call {
+    fn new(method: Method, url: Url) -> Self {
+        Call {
+            method,
+            url,
+            body: None,
+            timeout: None,
+            retry: Retry::Never,
+            report: None,
+        }
+    }
+
+    /// A `GET` request.
+    pub(crate) fn get(url: Url) -> Self {
+        Call::new(Method::GET, url)
+    }
+
+    /// A `DELETE` request.
+    pub(crate) fn delete(url: Url) -> Self {
+        Call::new(Method::DELETE, url)
+    }
+
+    /// A `POST` request with a JSON body.
+    pub(crate) fn post(url: Url, body: &impl Serialize) -> Result<Self> {
+        let mut call = Call::new(Method::POST, url);
+        call.body = Some(serde_json::to_vec(body)?);
+        Ok(call)
+    }
+
+    /// Give up on one attempt after this long (for long-polls: their own timeout plus slack).
+    pub(crate) fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Which failures to retry.
+    pub(crate) fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Mark the call as a lease-fenced report on `run_id`: 409 becomes [`Error::LeaseLost`].
+    pub(crate) fn report(mut self, run_id: RunId) -> Self {
+        self.report = Some(run_id);
+        self
+    }
+}
+
+/// A connection pool to one Kagzi server.
+#[derive(Clone)]
+pub(crate) struct Http {
+    client: reqwest::Client,
+    base: Url,
+    api_key: Option<String>,
+}
+
+impl fmt::Debug for Http {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http")
+            .field("base", &self.base.as_str())
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Http {
+    /// A client for the server at `url`, keeping up to `pool` idle connections warm. The API
+    /// key, if any, comes from `KAGZI_API_KEY`.
+    pub(crate) fn new(url: &str, pool: usize) -> Result<Self> {
+        let base =
+            Url::parse(url).map_err(|e| Error::Config(format!("server url {url:?}: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(Error::Config(format!(
+                "server url {url:?}: expected an http:// or https:// URL"
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .tcp_keepalive(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(pool.max(4))
+            .build()?;
+        let api_key = std::env::var("KAGZI_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        Ok(Http {
+            client,
+            base,
+            api_key,
+        })
+    }
+
+    /// The URL of `segments` under the server's base URL; each segment is percent-encoded.
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        // `new` checked that the base can be a base, so this always succeeds.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// Send `call`, retrying as it says, and decode the 2xx JSON response (an empty body
+    /// decodes as `null`).
+    pub(crate) async fn send<T: DeserializeOwned>(&self, call: &Call) -> Result<T> {
+        let started = Instant::now();
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut attempt = 1u32;
+        loop {
+            let error = match self.send_once(call).await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let jitter = rand::random_range(0.5..=1.0);
+            let pause = delay.mul_f64(jitter);
+            if !call.retry.covers(&error) || started.elapsed() + pause > call.retry.budget() {
+                return Err(error);
+            }
+            if attempt < 3 {
+                debug!(%error, attempt, url = %call.url, "request failed; retrying");
+            } else {
+                warn!(%error, attempt, url = %call.url, "request failed; retrying");
+            }
+            tokio::time::sleep(pause).await;
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+            attempt += 1;
+        }
+    }
+
+    async fn send_once<T: DeserializeOwned>(&self, call: &Call) -> Result<T> {
+        let mut request = self.client.request(call.method.clone(), call.url.clone());
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = &call.body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        if let Some(timeout) = call.timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status.is_success() {
+            let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+            return Ok(serde_json::from_slice(body)?);
+        }
+        if status == StatusCode::CONFLICT {
+            if let Some(run_id) = call.report {
+                return Err(Error::LeaseLost { run_id });
+            }
+        }
+        Err(problem(status, &body))
+    }
+}
+
+/// The `application/problem+json` body of an error response.
+#[derive(serde::Deserialize)]
+struct Problem {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+/// Turn an error response into [`Error::Api`], reading its problem+json body if it has one.
+fn problem(status: StatusCode, body: &[u8]) -> Error {
+    let reason = status.canonical_reason().unwrap_or("error").to_owned();
+    match serde_json::from_slice::<Problem>(body) {
+        Ok(problem) => Error::Api {
+            status: status.as_u16(),
+            title: problem.title.unwrap_or(reason),
+            detail: problem.detail.unwrap_or_default(),
+        },
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            Error::Api {
+                status: status.as_u16(),
+                title: reason,
+                detail: text.chars().take(500).collect(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_body_becomes_api_error() {
+        let error = problem(
+            StatusCode::NOT_FOUND,
+            br#"{"type":"about:blank","title":"Not Found","status":404,"detail":"no run 42"}"#,
+        );
+        assert!(matches!(
+            error,
+            Error::Api { status: 404, ref title, ref detail } if title == "Not Found" && detail == "no run 42"
+        ));
+    }
+
+    #[test]
+    fn plain_error_body_falls_back_to_status_text() {
+        let error = problem(StatusCode::BAD_GATEWAY, b"upstream down");
+        assert!(matches!(
+            error,
+            Error::Api { status: 502, ref title, ref detail } if title == "Bad Gateway" && detail == "upstream down"
+        ));
+    }
+
+    #[test]
+    fn urls_are_joined_under_the_base_path() -> Result<()> {
+        let http = Http::new("http://localhost:50051/", 1)?;
+        assert_eq!(
+            http.url(&["v1", "runs", "a b"]).as_str(),
+            "http://localhost:50051/v1/runs/a%20b"
+        );
+        let http = Http::new("http://proxy/kagzi", 1)?;
+        assert_eq!(
+            http.url(&["healthz"]).as_str(),
+            "http://proxy/kagzi/healthz"
+        );
+        assert!(Http::new("localhost:50051", 1).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let unavailable = Error::Api {
+            status: 503,
+            title: String::new(),
+            detail: String::new(),
+        };
+        let bad_request = Error::Api {
+            status: 400,
+            title: String::new(),
+            detail: String::new(),
+        };
+        let budget = Duration::from_secs(1);
+        assert!(Retry::Transient(budget).covers(&unavailable));
+        assert!(!Retry::Transient(budget).covers(&bad_request));
+        assert!(Retry::Unsent(budget).covers(&unavailable));
+        assert!(!Retry::Never.covers(&unavailable));
+        assert!(!Retry::Transient(budget).covers(&Error::Timeout));
+    }
+}
