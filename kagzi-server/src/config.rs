@@ -13,9 +13,10 @@ use clap::Parser;
     about = "The Kagzi durable workflow server"
 )]
 pub struct Config {
-    /// PostgreSQL URL, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
-    #[arg(long, env = "KAGZI_DB_URL")]
-    pub db_url: Option<String>,
+    /// The database: `sqlite://PATH` (the embedded default, created on first start) or a
+    /// PostgreSQL URL such as `postgres://postgres@127.0.0.1:5432/postgres`.
+    #[arg(long, env = "KAGZI_DB_URL", default_value = crate::store::DEFAULT_DB_URL)]
+    pub db_url: String,
 
     /// The address to listen on.
     #[arg(long, env = "KAGZI_SERVER_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
@@ -60,7 +61,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// The configuration with every default and no database URL; for tests and embedding.
+    /// The configuration with every default; for tests and embedding.
     pub fn defaults() -> Self {
         Self::parse_from(["kagzi-server"])
     }

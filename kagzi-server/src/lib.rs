@@ -10,6 +10,7 @@ pub mod state;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::serve::ListenerExt;
@@ -18,7 +19,7 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 pub use state::AppState;
-pub use store::PgStore;
+pub use store::{PgStore, SqliteStore, Store};
 
 /// The router of the whole API over `state`.
 pub fn app(state: AppState) -> Router {
@@ -29,12 +30,6 @@ pub fn app(state: AppState) -> Router {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
-    /// No database URL was configured.
-    #[error(
-        "no database configured: set KAGZI_DB_URL (or --db-url) to a PostgreSQL URL, \
-         e.g. postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    NoDatabase,
     /// The database could not be reached or migrated.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -57,11 +52,11 @@ impl Server {
     /// starts serving, with the notification listener and the watchdog running beside.
     ///
     /// # Errors
-    /// When no database is configured, it cannot be reached or migrated, or the address
-    /// cannot be bound.
+    /// When the database URL is unusable, the database cannot be reached, locked or
+    /// migrated, or the address cannot be bound.
     pub async fn start(config: Config) -> Result<Self, ServeError> {
-        let url = config.db_url.clone().ok_or(ServeError::NoDatabase)?;
-        let store = PgStore::connect(&url, config.db_max_connections).await?;
+        let store = store::open(&config.db_url, config.db_max_connections).await?;
+        tracing::info!(db = %store::redact(&config.db_url), "database opened");
         Self::start_with_store(config, store).await
     }
 
@@ -69,19 +64,21 @@ impl Server {
     ///
     /// # Errors
     /// When the database cannot be migrated or the address cannot be bound.
-    pub async fn start_with_store(config: Config, store: PgStore) -> Result<Self, ServeError> {
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, ServeError> {
         store.migrate().await?;
         let listener = TcpListener::bind((config.host, config.port)).await?;
         let addr = listener.local_addr()?;
         let state = AppState::new(store, config);
         let shutdown = state.shutdown.clone();
         let tasks = vec![
-            tokio::spawn(
-                state
-                    .wakeups
-                    .clone()
-                    .listen(state.store.pool().clone(), shutdown.clone()),
-            ),
+            tokio::spawn({
+                let (store, wakeups, shutdown) =
+                    (state.store.clone(), state.wakeups.clone(), shutdown.clone());
+                async move { store.listen(wakeups, shutdown).await }
+            }),
             tokio::spawn(engine::watchdog::run(
                 state.store.clone(),
                 std::time::Duration::from_millis(state.config.watchdog_ms),

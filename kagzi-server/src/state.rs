@@ -7,13 +7,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::wakeup::Wakeups;
-use crate::store::{Backoff, PgStore};
+use crate::store::{Backoff, Store};
 
 /// Shared server state: the store, the wake-up registries and the settings.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The store.
-    pub store: PgStore,
+    pub store: Arc<dyn Store>,
     /// Local waiters for queues and runs.
     pub wakeups: Arc<Wakeups>,
     /// The server's configuration.
@@ -24,7 +24,7 @@ pub struct AppState {
 
 impl AppState {
     /// State over `store` with `config`.
-    pub fn new(store: PgStore, config: Config) -> Self {
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
         Self {
             store,
             wakeups: Arc::new(Wakeups::default()),

@@ -4,7 +4,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use kagzi_server::{AppState, Config, PgStore, app};
+use kagzi_server::{AppState, Config, PgStore, Store, app};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -12,7 +12,10 @@ use tower::ServiceExt;
 async fn router(pool: PgPool) -> Router {
     let store = PgStore::new(pool);
     store.migrate().await.expect("migrations apply");
-    app(AppState::new(store, Config::defaults()))
+    app(AppState::new(
+        std::sync::Arc::new(store),
+        Config::defaults(),
+    ))
 }
 
 struct Reply {

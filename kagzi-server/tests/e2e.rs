@@ -1,5 +1,6 @@
 //! End-to-end tests: a real server over real HTTP, real workers from the SDK, real
-//! PostgreSQL (a fresh database per test) — including the crash cases.
+//! databases — each test runs on PostgreSQL and on SQLite, a fresh database each time —
+//! including the crash cases.
 
 mod support;
 
@@ -12,8 +13,7 @@ use std::time::Duration;
 
 use kagzi::{Client, RunId, RunStatus, Worker, WorkflowContext};
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use support::{ServerProcess, eventually};
+use support::{ServerProcess, TestDb, eventually};
 use tokio_util::sync::CancellationToken;
 
 /// Starts `worker` in the background until the returned token is cancelled.
@@ -37,9 +37,8 @@ async fn completed_keys(client: &Client, run: RunId) -> Vec<String> {
         .collect()
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_workflow_runs_step_by_step_and_returns_its_typed_output(pool: PgPool) {
-    let server = support::start_server(pool).await;
+async fn a_workflow_runs_step_by_step_and_returns_its_typed_output(db: TestDb) {
+    let server = db.start_server().await;
     let url = support::url(&server);
     let charges = Arc::new(AtomicUsize::new(0));
 
@@ -110,9 +109,8 @@ async fn a_workflow_runs_step_by_step_and_returns_its_typed_output(pool: PgPool)
         .expect("worker stops cleanly");
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_failed_run_is_retried_without_rerunning_finished_steps(pool: PgPool) {
-    let server = support::start_server(pool).await;
+async fn a_failed_run_is_retried_without_rerunning_finished_steps(db: TestDb) {
+    let server = db.start_server().await;
     let url = support::url(&server);
     let effects = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
 
@@ -181,9 +179,8 @@ async fn a_failed_run_is_retried_without_rerunning_finished_steps(pool: PgPool) 
     stop.cancel();
 }
 
-#[sqlx::test(migrations = false)]
-async fn cancelling_a_running_run_stops_it_within_a_heartbeat(pool: PgPool) {
-    let server = support::start_server(pool).await;
+async fn cancelling_a_running_run_stops_it_within_a_heartbeat(db: TestDb) {
+    let server = db.start_server().await;
     let url = support::url(&server);
     let after_cancel = Arc::new(AtomicUsize::new(0));
     let started = Arc::new(tokio::sync::Notify::new());
@@ -236,9 +233,8 @@ async fn cancelling_a_running_run_stops_it_within_a_heartbeat(pool: PgPool) {
 }
 
 /// A reclaimed lease fences the old holder: its late reports get 409 and change nothing.
-#[sqlx::test(migrations = false)]
-async fn a_worker_whose_lease_was_reclaimed_gets_409_on_its_late_report(pool: PgPool) {
-    let server = support::start_server(pool).await;
+async fn a_worker_whose_lease_was_reclaimed_gets_409_on_its_late_report(db: TestDb) {
+    let server = db.start_server().await;
     let url = support::url(&server);
     let http = reqwest::Client::new();
     let post = |path: String, body: Value| {
@@ -381,9 +377,8 @@ fn e2e_worker_process_entry() {
     });
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_killed_worker_process_is_replaced_and_finished_steps_run_exactly_once(pool: PgPool) {
-    let server = support::start_server(pool).await;
+async fn a_killed_worker_process_is_replaced_and_finished_steps_run_exactly_once(db: TestDb) {
+    let server = db.start_server().await;
     let url = support::url(&server);
     let effects = std::env::temp_dir().join(format!("kagzi-effects-{}", uuid::Uuid::new_v4()));
 
@@ -457,9 +452,8 @@ async fn a_killed_worker_process_is_replaced_and_finished_steps_run_exactly_once
 
 // --- crash test (c): restart the server while 100 runs are in flight --------------------
 
-#[sqlx::test(migrations = false)]
-async fn a_server_restart_with_100_runs_in_flight_loses_nothing(pool: PgPool) {
-    let db_url = support::database_url(&pool);
+async fn a_server_restart_with_100_runs_in_flight_loses_nothing(db: TestDb) {
+    let db_url = db.url();
     let mut server = ServerProcess::start(&db_url, support::free_port()).await;
     let url = server.url.clone();
 
@@ -531,9 +525,8 @@ async fn a_server_restart_with_100_runs_in_flight_loses_nothing(pool: PgPool) {
 
 // --- the README's example runs ----------------------------------------------------------
 
-#[sqlx::test(migrations = false)]
-async fn the_simple_example_runs_against_a_real_server(pool: PgPool) {
-    let server = ServerProcess::start(&support::database_url(&pool), support::free_port()).await;
+async fn the_simple_example_runs_against_a_real_server(db: TestDb) {
+    let server = ServerProcess::start(&db.url(), support::free_port()).await;
     let output = tokio::process::Command::new(support::example_binary("simple"))
         .env("KAGZI_SERVER_URL", &server.url)
         .env("RUST_LOG", "warn")
@@ -553,3 +546,13 @@ async fn the_simple_example_runs_against_a_real_server(pool: PgPool) {
         "example printed: {stdout}"
     );
 }
+
+both_stores!(
+    a_workflow_runs_step_by_step_and_returns_its_typed_output,
+    a_failed_run_is_retried_without_rerunning_finished_steps,
+    cancelling_a_running_run_stops_it_within_a_heartbeat,
+    a_worker_whose_lease_was_reclaimed_gets_409_on_its_late_report,
+    a_killed_worker_process_is_replaced_and_finished_steps_run_exactly_once,
+    a_server_restart_with_100_runs_in_flight_loses_nothing,
+    the_simple_example_runs_against_a_real_server,
+);

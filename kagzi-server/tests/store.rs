@@ -1,21 +1,19 @@
-//! Store tests against a real PostgreSQL: each test gets its own fresh database.
+//! The store conformance suite: every test runs against PostgreSQL (a fresh database per
+//! test) and against SQLite (a fresh in-memory database per test), through the `Store` trait.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use kagzi_server::model::{Lease, RunStatus, StepStatus, Worker};
-use kagzi_server::store::{Backoff, Error, NewRun, NewWorker, PgStore, RunFilter, StepReport};
+use kagzi_server::store::{
+    Backoff, Error, NewRun, NewWorker, PgStore, RunFilter, SqliteStore, StepReport, Store,
+};
 use serde_json::json;
 use sqlx::PgPool;
 
 const LEASE: chrono::Duration = chrono::Duration::seconds(30);
-
-async fn store(pool: PgPool) -> PgStore {
-    let store = PgStore::new(pool);
-    store.migrate().await.expect("migrations apply");
-    store
-}
 
 fn new_run(workflow: &str, input: serde_json::Value, now: DateTime<Utc>) -> NewRun {
     NewRun {
@@ -27,7 +25,7 @@ fn new_run(workflow: &str, input: serde_json::Value, now: DateTime<Utc>) -> NewR
     }
 }
 
-async fn worker(store: &PgStore, workflows: &[&str]) -> Worker {
+async fn worker(store: &dyn Store, workflows: &[&str]) -> Worker {
     let new = NewWorker {
         queue: "default".to_owned(),
         workflows: workflows.iter().map(|w| (*w).to_owned()).collect(),
@@ -52,9 +50,7 @@ fn completed(key: &str, position: u32, output: serde_json::Value) -> StepReport 
     }
 }
 
-#[sqlx::test(migrations = false)]
-async fn claim_takes_due_runs_in_batches_oldest_first(pool: PgPool) {
-    let store = store(pool).await;
+async fn claim_takes_due_runs_in_batches_oldest_first(store: Arc<dyn Store>) {
     let now = Utc::now();
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -66,7 +62,7 @@ async fn claim_takes_due_runs_in_batches_oldest_first(pool: PgPool) {
                 .expect("create"),
         );
     }
-    let w = worker(&store, &["greet"]).await;
+    let w = worker(&*store, &["greet"]).await;
     let later = now + chrono::Duration::seconds(1);
     let first = store
         .claim(&w, 3, later + LEASE, later)
@@ -95,9 +91,7 @@ async fn claim_takes_due_runs_in_batches_oldest_first(pool: PgPool) {
     assert!(run.started_at.is_some());
 }
 
-#[sqlx::test(migrations = false)]
-async fn claim_skips_runs_not_due_and_other_workflows_and_queues(pool: PgPool) {
-    let store = store(pool).await;
+async fn claim_skips_runs_not_due_and_other_workflows_and_queues(store: Arc<dyn Store>) {
     let now = Utc::now();
     // Postgres keeps microseconds.
     let later = (now + chrono::Duration::minutes(5)).trunc_subsecs(6);
@@ -113,7 +107,7 @@ async fn claim_skips_runs_not_due_and_other_workflows_and_queues(pool: PgPool) {
     elsewhere.queue = "elsewhere".to_owned();
     store.create_run(&elsewhere, now).await.expect("create");
 
-    let w = worker(&store, &["greet"]).await;
+    let w = worker(&*store, &["greet"]).await;
     assert!(
         store
             .claim(&w, 10, now + LEASE, now)
@@ -131,9 +125,7 @@ async fn claim_skips_runs_not_due_and_other_workflows_and_queues(pool: PgPool) {
     assert_eq!(tasks[0].run_id, delayed);
 }
 
-#[sqlx::test(migrations = false)]
-async fn concurrent_claims_never_hand_out_a_run_twice(pool: PgPool) {
-    let store = store(pool).await;
+async fn concurrent_claims_never_hand_out_a_run_twice(store: Arc<dyn Store>) {
     let now = Utc::now();
     for i in 0..60 {
         store
@@ -141,7 +133,7 @@ async fn concurrent_claims_never_hand_out_a_run_twice(pool: PgPool) {
             .await
             .expect("create");
     }
-    let w = worker(&store, &["greet"]).await;
+    let w = worker(&*store, &["greet"]).await;
     let mut handles = Vec::new();
     for _ in 0..6 {
         let (store, w) = (store.clone(), w.clone());
@@ -166,15 +158,13 @@ async fn concurrent_claims_never_hand_out_a_run_twice(pool: PgPool) {
     assert_eq!(unique.len(), 60, "no run claimed twice");
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_step_is_recorded_once_and_replayed_in_the_journal(pool: PgPool) {
-    let store = store(pool).await;
+async fn a_step_is_recorded_once_and_replayed_in_the_journal(store: Arc<dyn Store>) {
     let now = Utc::now();
     let id = store
         .create_run(&new_run("greet", json!({}), now), now)
         .await
         .expect("create");
-    let w = worker(&store, &["greet"]).await;
+    let w = worker(&*store, &["greet"]).await;
     let task = store
         .claim(&w, 1, now + LEASE, now)
         .await
@@ -235,15 +225,15 @@ async fn a_step_is_recorded_once_and_replayed_in_the_journal(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_nothing(pool: PgPool) {
-    let store = store(pool).await;
+async fn reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_nothing(
+    store: Arc<dyn Store>,
+) {
     let now = Utc::now();
     let id = store
         .create_run(&new_run("greet", json!({}), now), now)
         .await
         .expect("create");
-    let w = worker(&store, &["greet"]).await;
+    let w = worker(&*store, &["greet"]).await;
     let old = store
         .claim(&w, 1, now + LEASE, now)
         .await
@@ -309,14 +299,12 @@ fn backoff() -> Backoff {
     }
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_failed_run_is_retried_with_backoff_then_fails(pool: PgPool) {
-    let store = store(pool).await;
+async fn a_failed_run_is_retried_with_backoff_then_fails(store: Arc<dyn Store>) {
     let now = Utc::now();
     let mut new = new_run("greet", json!({}), now);
     new.retries = 1;
     let id = store.create_run(&new, now).await.expect("create");
-    let w = worker(&store, &["greet"]).await;
+    let w = worker(&*store, &["greet"]).await;
 
     let first = store
         .claim(&w, 1, now + LEASE, now)
@@ -363,14 +351,12 @@ async fn a_failed_run_is_retried_with_backoff_then_fails(pool: PgPool) {
     assert!(run.finished_at.is_some());
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_non_retryable_failure_ends_the_run_at_once(pool: PgPool) {
-    let store = store(pool).await;
+async fn a_non_retryable_failure_ends_the_run_at_once(store: Arc<dyn Store>) {
     let now = Utc::now();
     let mut new = new_run("greet", json!({}), now);
     new.retries = 5;
     let id = store.create_run(&new, now).await.expect("create");
-    let w = worker(&store, &["greet"]).await;
+    let w = worker(&*store, &["greet"]).await;
     let task = store
         .claim(&w, 1, now + LEASE, now)
         .await
@@ -382,9 +368,7 @@ async fn a_non_retryable_failure_ends_the_run_at_once(pool: PgPool) {
     assert_eq!(run.expect("fail").status, RunStatus::Failed);
 }
 
-#[sqlx::test(migrations = false)]
-async fn heartbeats_extend_held_leases_and_name_the_lost_ones(pool: PgPool) {
-    let store = store(pool).await;
+async fn heartbeats_extend_held_leases_and_name_the_lost_ones(store: Arc<dyn Store>) {
     let now = Utc::now();
     let a = store
         .create_run(&new_run("greet", json!(1), now), now)
@@ -394,7 +378,7 @@ async fn heartbeats_extend_held_leases_and_name_the_lost_ones(pool: PgPool) {
         .create_run(&new_run("greet", json!(2), now), now)
         .await
         .expect("create");
-    let w = worker(&store, &["greet"]).await;
+    let w = worker(&*store, &["greet"]).await;
     let tasks = store.claim(&w, 2, now + LEASE, now).await.expect("claim");
     let leases: Vec<Lease> = tasks
         .iter()
@@ -438,15 +422,13 @@ async fn heartbeats_extend_held_leases_and_name_the_lost_ones(pool: PgPool) {
     assert!(matches!(err, Error::NotFound(_)));
 }
 
-#[sqlx::test(migrations = false)]
-async fn deregistering_a_worker_hands_its_runs_back(pool: PgPool) {
-    let store = store(pool).await;
+async fn deregistering_a_worker_hands_its_runs_back(store: Arc<dyn Store>) {
     let now = Utc::now();
     let id = store
         .create_run(&new_run("greet", json!(1), now), now)
         .await
         .expect("create");
-    let w = worker(&store, &["greet"]).await;
+    let w = worker(&*store, &["greet"]).await;
     let task = store
         .claim(&w, 1, now + LEASE, now)
         .await
@@ -467,7 +449,7 @@ async fn deregistering_a_worker_hands_its_runs_back(pool: PgPool) {
         .complete_run(id, task.lease_token, &json!(1), now)
         .await;
     assert!(matches!(late, Err(Error::LeaseLost(_))));
-    let other = worker(&store, &["greet"]).await;
+    let other = worker(&*store, &["greet"]).await;
     assert_eq!(
         store
             .claim(&other, 1, now + LEASE, now)
@@ -478,9 +460,7 @@ async fn deregistering_a_worker_hands_its_runs_back(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn cancel_ends_pending_and_running_runs_but_not_finished_ones(pool: PgPool) {
-    let store = store(pool).await;
+async fn cancel_ends_pending_and_running_runs_but_not_finished_ones(store: Arc<dyn Store>) {
     let now = Utc::now();
     let pending = store
         .create_run(&new_run("greet", json!(1), now), now)
@@ -500,9 +480,7 @@ async fn cancel_ends_pending_and_running_runs_but_not_finished_ones(pool: PgPool
     assert!(matches!(unknown, Err(Error::NotFound(_))));
 }
 
-#[sqlx::test(migrations = false)]
-async fn listing_filters_and_pages_newest_first(pool: PgPool) {
-    let store = store(pool).await;
+async fn listing_filters_and_pages_newest_first(store: Arc<dyn Store>) {
     let now = Utc::now();
     let mut greets = Vec::new();
     for i in 0..5 {
@@ -541,11 +519,75 @@ async fn listing_filters_and_pages_newest_first(pool: PgPool) {
     assert!(store.list_runs(&by_status).await.expect("list").is_empty());
 }
 
-#[sqlx::test(migrations = false)]
-async fn migrating_twice_is_harmless(pool: PgPool) {
-    let store = store(pool).await;
+async fn migrating_twice_is_harmless(store: Arc<dyn Store>) {
     store
         .migrate()
         .await
         .expect("second migration run is a no-op");
+}
+
+/// Runs each named test against both stores.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            use super::*;
+            $(
+                #[sqlx::test(migrations = false)]
+                async fn $name(pool: PgPool) {
+                    let store = PgStore::new(pool);
+                    store.migrate().await.expect("migrations apply");
+                    super::$name(Arc::new(store)).await;
+                }
+            )*
+        }
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let store = SqliteStore::open("sqlite::memory:").await.expect("in-memory SQLite");
+                    store.migrate().await.expect("migrations apply");
+                    super::$name(Arc::new(store)).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    claim_takes_due_runs_in_batches_oldest_first,
+    claim_skips_runs_not_due_and_other_workflows_and_queues,
+    concurrent_claims_never_hand_out_a_run_twice,
+    a_step_is_recorded_once_and_replayed_in_the_journal,
+    reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_nothing,
+    a_failed_run_is_retried_with_backoff_then_fails,
+    a_non_retryable_failure_ends_the_run_at_once,
+    heartbeats_extend_held_leases_and_name_the_lost_ones,
+    deregistering_a_worker_hands_its_runs_back,
+    cancel_ends_pending_and_running_runs_but_not_finished_ones,
+    listing_filters_and_pages_newest_first,
+    migrating_twice_is_harmless,
+);
+
+#[tokio::test]
+async fn a_second_server_on_the_same_sqlite_file_is_refused() {
+    let path = std::env::temp_dir().join(format!("kagzi-lock-{}.db", uuid::Uuid::new_v4()));
+    let url = format!("sqlite://{}", path.display());
+    let first = SqliteStore::open(&url)
+        .await
+        .expect("the first opens the file");
+    let second = SqliteStore::open(&url)
+        .await
+        .expect_err("the second is refused");
+    assert!(matches!(second, Error::Locked(_)), "{second:?}");
+    assert!(
+        second
+            .to_string()
+            .contains("in use by another Kagzi server"),
+        "{second}"
+    );
+    drop(first);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path.with_extension("db-wal"));
+    let _ = std::fs::remove_file(path.with_extension("db-shm"));
 }

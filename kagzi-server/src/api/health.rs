@@ -27,8 +27,9 @@ async fn healthz() -> Json<Health> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<Health>> {
-    sqlx::query("select 1")
-        .execute(state.store.pool())
+    state
+        .store
+        .ping()
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(Json(Health { status: "ok" }))

@@ -1,24 +1,18 @@
 //! Push-driven wake-ups: long-polls wait here, and the database's `NOTIFY`s wake them.
 //!
-//! Every change that makes work due or ends a run sends a `NOTIFY` in the statement that
-//! makes the change (see [`crate::store`]). One `LISTEN` connection per server hears them and
-//! wakes the waiting polls and result waiters of this process, so any replica's poll is woken
-//! by any replica's write. A waiter enables its [`Subscription`] *before* it checks the
+//! Every change that makes work due or ends a run is announced by the store once it commits
+//! (PostgreSQL: `NOTIFY`, heard by every replica; SQLite: in process), and
+//! [`crate::store::Store::listen`] wakes the waiting polls and result waiters here. A waiter enables its [`Subscription`] *before* it checks the
 //! database, so a wake-up between the check and the wait is never missed.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::model::RunId;
-use crate::store::{QUEUE_CHANNEL, RUN_DONE_CHANNEL};
 
 /// Waiters keyed by what they wait for; waking a key wakes all of its current waiters.
 #[derive(Debug)]
@@ -101,63 +95,17 @@ pub struct Wakeups {
 }
 
 impl Wakeups {
-    /// Listens for the store's notifications until `shutdown`, waking local waiters.
-    /// The listener reconnects by itself; after a reconnect everyone is woken, since
-    /// notifications sent meanwhile are lost.
-    pub async fn listen(self: Arc<Self>, pool: PgPool, shutdown: CancellationToken) {
-        loop {
-            let mut listener = match connect(&pool).await {
-                Ok(listener) => listener,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for notifications; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            // Anything sent before LISTEN took effect is covered by waking everyone once.
-            self.queues.wake_all();
-            self.runs.wake_all();
-            loop {
-                let next = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    next = listener.try_recv() => next,
-                };
-                match next {
-                    Ok(Some(n)) if n.channel() == QUEUE_CHANNEL => {
-                        self.queues.wake(&n.payload().to_owned());
-                    }
-                    Ok(Some(n)) => {
-                        if let Ok(id) = n.payload().parse::<Uuid>() {
-                            self.runs.wake(&RunId(id));
-                        }
-                    }
-                    Ok(None) => {
-                        tracing::warn!("notification connection was lost and re-established");
-                        self.queues.wake_all();
-                        self.runs.wake_all();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "notification listener failed; reconnecting");
-                        break;
-                    }
-                }
-            }
-        }
+    /// Wakes every waiter (after a wake-up may have been lost).
+    pub fn wake_all(&self) {
+        self.queues.wake_all();
+        self.runs.wake_all();
     }
-}
-
-async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener
-        .listen_all([QUEUE_CHANNEL, RUN_DONE_CHANNEL])
-        .await?;
-    Ok(listener)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]

@@ -6,12 +6,14 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::PgStore;
+use std::sync::Arc;
+
+use crate::store::Store;
 
 /// Runs the watchdog every `interval` until `shutdown`. A worker is offline once it has been
 /// silent for `worker_timeout`.
 pub async fn run(
-    store: PgStore,
+    store: Arc<dyn Store>,
     interval: Duration,
     worker_timeout: Duration,
     shutdown: CancellationToken,

@@ -1,15 +1,227 @@
-//! Storage: every SQL statement Kagzi runs lives below this module.
+//! Storage: the [`Store`] trait and its two implementations, PostgreSQL ([`PgStore`], for
+//! production and many server replicas) and SQLite ([`SqliteStore`], the embedded single-node
+//! default). Every SQL statement Kagzi runs lives below this module.
 
 mod postgres;
+mod sqlite;
 
 pub use postgres::{PgStore, QUEUE_CHANNEL, RUN_DONE_CHANNEL};
+pub use sqlite::SqliteStore;
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use crate::model::{RunId, RunStatus, StepStatus};
+use crate::engine::wakeup::Wakeups;
+use crate::model::{Lease, Run, RunId, RunStatus, Step, StepStatus, Task, Worker, WorkerId};
+
+/// Where runs, steps and workers are kept. Every method that depends on the time takes `now`,
+/// so tests control the clock. Every change that makes work due or ends a run wakes the
+/// waiters of every server on the same database (see [`Store::listen`]).
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Applies the migrations this server ships.
+    ///
+    /// # Errors
+    /// When a migration fails, or the database was migrated by a newer Kagzi.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Checks that the database answers.
+    ///
+    /// # Errors
+    /// When it does not.
+    async fn ping(&self) -> Result<()>;
+
+    /// Delivers the store's wake-ups (work may be due on a queue, a run ended) to `wakeups`
+    /// until `shutdown`.
+    async fn listen(&self, wakeups: Arc<Wakeups>, shutdown: CancellationToken);
+
+    /// Inserts a pending run and wakes the pollers of its queue.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<RunId>;
+
+    /// One run.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    async fn get_run(&self, id: RunId) -> Result<Run>;
+
+    /// Runs matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+
+    /// A run's journal, in position order.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run.
+    async fn list_steps(&self, id: RunId) -> Result<Vec<Step>>;
+
+    /// Cancels a pending or running run; its lease, if any, stops being valid.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run, [`Error::Conflict`] for one that already ended.
+    async fn cancel_run(&self, id: RunId, now: DateTime<Utc>) -> Result<Run>;
+
+    /// Registers a worker.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn register_worker(&self, new: &NewWorker, now: DateTime<Utc>) -> Result<WorkerId>;
+
+    /// A registered worker.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown worker.
+    async fn get_worker(&self, id: WorkerId) -> Result<Worker>;
+
+    /// Records a heartbeat: the worker is online, and the leases it still holds are extended
+    /// to `lease_expires_at`. Returns the runs it named but no longer holds.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown worker.
+    async fn heartbeat(
+        &self,
+        worker: WorkerId,
+        held: &[Lease],
+        lease_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunId>>;
+
+    /// Marks a worker offline and hands the runs it holds back to `pending`. Returns how many.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown worker.
+    async fn deregister_worker(&self, worker: WorkerId, now: DateTime<Utc>) -> Result<u64>;
+
+    /// Claims up to `max` due runs of `worker`'s queue and workflows, oldest due first, each
+    /// under a new lease until `lease_expires_at`, and returns them with their journals.
+    /// Concurrent claims never hand out the same run.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn claim(
+        &self,
+        worker: &Worker,
+        max: u32,
+        lease_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Task>>;
+
+    /// When the next pending run of `worker`'s queue and workflows becomes due, if any.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>>;
+
+    /// Records a step outcome under the run's lease. A completed step is recorded once: a
+    /// later report for the same key returns the recorded entry unchanged. A failed entry is
+    /// replaced by the next report.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when `lease_token` is not the run's current, unexpired lease;
+    /// [`Error::NotFound`] for an unknown run.
+    async fn record_step(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        report: &StepReport,
+        now: DateTime<Utc>,
+    ) -> Result<Step>;
+
+    /// Completes a run under its lease with `output`.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when the lease is not held; [`Error::NotFound`] for an unknown run.
+    async fn complete_run(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        output: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<Run>;
+
+    /// Fails the current attempt of a run under its lease. While retries remain (and the
+    /// error is retryable) the run goes back to `pending`, due after `backoff`; otherwise it
+    /// ends `failed`.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when the lease is not held; [`Error::NotFound`] for an unknown run.
+    async fn fail_run(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        error: &str,
+        retryable: bool,
+        backoff: Backoff,
+        now: DateTime<Utc>,
+    ) -> Result<Run>;
+
+    /// Returns every running run whose lease expired before `now` to `pending`, and wakes the
+    /// pollers of their queues. Returns how many runs were re-queued.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64>;
+
+    /// Marks online workers silent since `cutoff` as offline. Returns how many.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn mark_workers_offline(&self, cutoff: DateTime<Utc>) -> Result<u64>;
+}
+
+/// The default database: an SQLite file in the working directory.
+pub const DEFAULT_DB_URL: &str = "sqlite://kagzi.db";
+
+/// Opens the store `url` names: `postgres://` or `postgresql://` for PostgreSQL (a pool of at
+/// most `max_connections`), `sqlite://PATH` (created if missing) or `sqlite::memory:` for
+/// SQLite.
+///
+/// # Errors
+/// [`Error::Config`] for another scheme, [`Error::Locked`] when another server holds the SQLite
+/// file, and database errors when it cannot be reached.
+pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url, max_connections).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(Error::Config(format!(
+            "unsupported database URL {:?}: use postgres://... or sqlite://PATH",
+            redact(url)
+        )))
+    }
+}
+
+/// The URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// How long from `now` the retry of attempt `attempt` waits: `base * 2^(attempt-1)`, at most
+/// `max`, times a jitter factor in `[0.8, 1.2)`.
+pub fn retry_delay(backoff: Backoff, attempt: i32, jitter: f64) -> Duration {
+    let exponent = attempt.saturating_sub(1).clamp(0, 62);
+    let raw = backoff.base.as_secs_f64() * 2f64.powi(exponent);
+    Duration::from_secs_f64(
+        raw.min(backoff.max.as_secs_f64()) * (0.8 + jitter.clamp(0.0, 1.0) * 0.4),
+    )
+}
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +242,15 @@ pub enum Error {
     /// Migrating the database failed (or it is newer than this server).
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database URL or settings are unusable.
+    #[error("{0}")]
+    Config(String),
+    /// Another server already uses this SQLite database file.
+    #[error(
+        "{0} is in use by another Kagzi server: SQLite is single-node; stop the other server, \
+         or use PostgreSQL (KAGZI_DB_URL=postgres://...) to run several"
+    )]
+    Locked(String),
 }
 
 /// The store's result type.

@@ -5,15 +5,21 @@
 //! [`QUEUE_CHANNEL`] carries a queue name when a run on it may have become due, and
 //! [`RUN_DONE_CHANNEL`] carries a run id when the run ended.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::types::Json;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Backoff, Error, NewRun, NewWorker, Result, RunFilter, StepReport};
+use super::{Backoff, Error, NewRun, NewWorker, Result, RunFilter, StepReport, Store};
+use crate::engine::wakeup::Wakeups;
 use crate::model::{JournalEntry, Lease, Run, RunId, Step, Task, Worker, WorkerId};
 
 /// The `NOTIFY` channel that says "a run on this queue may be due" (payload: the queue).
@@ -39,8 +45,17 @@ impl PgStore {
     /// Connects a pool of at most `max_connections` to `url`.
     ///
     /// # Errors
-    /// When the database cannot be reached.
+    /// [`Error::Config`] with the cause when the database cannot be reached.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        // One direct connection first, so an unreachable or misconfigured database is reported
+        // with its cause rather than as a pool timeout.
+        let probe = PgConnection::connect(url).await.map_err(|e| {
+            Error::Config(format!(
+                "cannot connect to PostgreSQL at {}: {e}",
+                super::redact(url)
+            ))
+        })?;
+        probe.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -59,12 +74,46 @@ impl PgStore {
         &self.pool
     }
 
-    /// Applies the migrations in `migrations/postgres`, in the `kagzi` schema with its own
-    /// migrations table.
-    ///
-    /// # Errors
-    /// When a migration fails, or the database was migrated by a newer Kagzi.
-    pub async fn migrate(&self) -> Result<()> {
+    /// A connection listening on both channels.
+    async fn listener(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener
+            .listen_all([QUEUE_CHANNEL, RUN_DONE_CHANNEL])
+            .await?;
+        Ok(listener)
+    }
+
+    /// Checks that `lease_token` is the run's current, unexpired lease.
+    async fn ensure_lease(&self, run: RunId, lease_token: Uuid, now: DateTime<Utc>) -> Result<()> {
+        let held: Option<bool> = sqlx::query_scalar(
+            r"select status = 'running' and lease_token = $2 and lease_expires_at > $3
+              from kagzi.runs where id = $1",
+        )
+        .bind(run)
+        .bind(lease_token)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match held {
+            None => Err(not_found(run)),
+            Some(false) => Err(Error::LeaseLost(run)),
+            Some(true) => Ok(()),
+        }
+    }
+
+    /// Explains why a fenced update matched no row.
+    async fn lease_error(&self, run: RunId, lease_token: Uuid, now: DateTime<Utc>) -> Error {
+        match self.ensure_lease(run, lease_token, now).await {
+            Err(e) => e,
+            // The lease looks held now: it changed between the two statements.
+            Ok(()) => Error::LeaseLost(run),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
         let mut migrator = sqlx::migrate!("../migrations/postgres");
         migrator.create_schema("kagzi");
         migrator.dangerous_set_table_name("kagzi._sqlx_migrations");
@@ -72,11 +121,53 @@ impl PgStore {
         Ok(())
     }
 
-    /// Inserts a pending run and wakes the pollers of its queue.
-    ///
-    /// # Errors
-    /// On a database failure.
-    pub async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<RunId> {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn listen(&self, wakeups: Arc<Wakeups>, shutdown: CancellationToken) {
+        loop {
+            let mut listener = match self.listener().await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for notifications; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            // Anything sent before LISTEN took effect is covered by waking everyone once.
+            wakeups.wake_all();
+            loop {
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    next = listener.try_recv() => next,
+                };
+                match next {
+                    Ok(Some(n)) if n.channel() == QUEUE_CHANNEL => {
+                        wakeups.queues.wake(&n.payload().to_owned())
+                    }
+                    Ok(Some(n)) => {
+                        if let Ok(id) = n.payload().parse::<Uuid>() {
+                            wakeups.runs.wake(&RunId(id));
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("notification connection was lost and re-established");
+                        wakeups.wake_all();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notification listener failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<RunId> {
         let id = RunId::new();
         sqlx::query(
             r"with inserted as (
@@ -100,11 +191,7 @@ impl PgStore {
         Ok(id)
     }
 
-    /// One run.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown id.
-    pub async fn get_run(&self, id: RunId) -> Result<Run> {
+    async fn get_run(&self, id: RunId) -> Result<Run> {
         sqlx::query_as::<_, Run>(concat!(
             "select ",
             run_columns!(),
@@ -116,11 +203,7 @@ impl PgStore {
         .ok_or_else(|| not_found(id))
     }
 
-    /// Runs matching `filter`, newest first.
-    ///
-    /// # Errors
-    /// On a database failure.
-    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
         let runs = sqlx::query_as::<_, Run>(concat!(
             r"select ",
             run_columns!(),
@@ -142,11 +225,7 @@ impl PgStore {
         Ok(runs)
     }
 
-    /// A run's journal, in position order.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown run.
-    pub async fn list_steps(&self, id: RunId) -> Result<Vec<Step>> {
+    async fn list_steps(&self, id: RunId) -> Result<Vec<Step>> {
         let steps = sqlx::query_as::<_, Step>(
             r"select key, position, status, output, error, attempts, created_at, finished_at
               from kagzi.steps where run_id = $1 order by position, key",
@@ -161,11 +240,7 @@ impl PgStore {
         Ok(steps)
     }
 
-    /// Cancels a pending or running run; its lease, if any, stops being valid.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown run, [`Error::Conflict`] for one that already ended.
-    pub async fn cancel_run(&self, id: RunId, now: DateTime<Utc>) -> Result<Run> {
+    async fn cancel_run(&self, id: RunId, now: DateTime<Utc>) -> Result<Run> {
         let run = sqlx::query_as::<_, Run>(concat!(
             r"with cancelled as (
                   update kagzi.runs
@@ -195,11 +270,7 @@ impl PgStore {
         }
     }
 
-    /// Registers a worker.
-    ///
-    /// # Errors
-    /// On a database failure.
-    pub async fn register_worker(&self, new: &NewWorker, now: DateTime<Utc>) -> Result<WorkerId> {
+    async fn register_worker(&self, new: &NewWorker, now: DateTime<Utc>) -> Result<WorkerId> {
         let id = WorkerId::new();
         sqlx::query(
             r"insert into kagzi.workers
@@ -217,11 +288,7 @@ impl PgStore {
         Ok(id)
     }
 
-    /// A registered worker.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown worker.
-    pub async fn get_worker(&self, id: WorkerId) -> Result<Worker> {
+    async fn get_worker(&self, id: WorkerId) -> Result<Worker> {
         sqlx::query_as::<_, Worker>(
             "select id, queue, workflows, capacity, hostname from kagzi.workers where id = $1",
         )
@@ -231,12 +298,7 @@ impl PgStore {
         .ok_or_else(|| Error::NotFound(format!("worker {id}")))
     }
 
-    /// Records a heartbeat: the worker is online, and the leases it still holds are extended
-    /// to `lease_expires_at`. Returns the runs it named but no longer holds.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown worker.
-    pub async fn heartbeat(
+    async fn heartbeat(
         &self,
         worker: WorkerId,
         held: &[Lease],
@@ -274,11 +336,7 @@ impl PgStore {
             .collect())
     }
 
-    /// Marks a worker offline and hands the runs it holds back to `pending`.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown worker.
-    pub async fn deregister_worker(&self, worker: WorkerId, now: DateTime<Utc>) -> Result<u64> {
+    async fn deregister_worker(&self, worker: WorkerId, now: DateTime<Utc>) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         let found = sqlx::query("update kagzi.workers set status = 'offline' where id = $1")
             .bind(worker)
@@ -306,12 +364,7 @@ impl PgStore {
         Ok(released.len() as u64)
     }
 
-    /// Claims up to `max` due runs of `worker`'s queue and workflows, oldest due first, each
-    /// under a new lease until `lease_expires_at`, and returns them with their journals.
-    ///
-    /// # Errors
-    /// On a database failure.
-    pub async fn claim(
+    async fn claim(
         &self,
         worker: &Worker,
         max: u32,
@@ -378,11 +431,7 @@ impl PgStore {
         Ok(tasks)
     }
 
-    /// When the next pending run of `worker`'s queue and workflows becomes due, if any.
-    ///
-    /// # Errors
-    /// On a database failure.
-    pub async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
+    async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
         let next: Option<DateTime<Utc>> = sqlx::query_scalar(
             r"select min(available_at) from kagzi.runs
               where status = 'pending' and queue = $1 and workflow = any($2)",
@@ -394,14 +443,7 @@ impl PgStore {
         Ok(next)
     }
 
-    /// Records a step outcome under the run's lease. A completed step is recorded once: a
-    /// later report for the same key returns the recorded entry unchanged. A failed entry is
-    /// replaced by the next report.
-    ///
-    /// # Errors
-    /// [`Error::LeaseLost`] when `lease_token` is not the run's current, unexpired lease;
-    /// [`Error::NotFound`] for an unknown run.
-    pub async fn record_step(
+    async fn record_step(
         &self,
         run: RunId,
         lease_token: Uuid,
@@ -464,11 +506,7 @@ impl PgStore {
         }
     }
 
-    /// Completes a run under its lease with `output`.
-    ///
-    /// # Errors
-    /// [`Error::LeaseLost`] when the lease is not held; [`Error::NotFound`] for an unknown run.
-    pub async fn complete_run(
+    async fn complete_run(
         &self,
         run: RunId,
         lease_token: Uuid,
@@ -501,13 +539,7 @@ impl PgStore {
         }
     }
 
-    /// Fails the current attempt of a run under its lease. While retries remain (and the
-    /// error is retryable) the run goes back to `pending`, due after an exponential backoff
-    /// with jitter; otherwise it ends `failed`.
-    ///
-    /// # Errors
-    /// [`Error::LeaseLost`] when the lease is not held; [`Error::NotFound`] for an unknown run.
-    pub async fn fail_run(
+    async fn fail_run(
         &self,
         run: RunId,
         lease_token: Uuid,
@@ -553,12 +585,7 @@ impl PgStore {
         }
     }
 
-    /// Returns every running run whose lease expired before `now` to `pending`, and wakes the
-    /// pollers of their queues. Returns how many runs were re-queued.
-    ///
-    /// # Errors
-    /// On a database failure.
-    pub async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64> {
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64> {
         let requeued: Vec<(i64,)> = sqlx::query_as(
             r"with expired as (
                   select id from kagzi.runs
@@ -581,11 +608,7 @@ impl PgStore {
         Ok(requeued.iter().map(|(n,)| *n as u64).sum())
     }
 
-    /// Marks online workers silent since `cutoff` as offline. Returns how many.
-    ///
-    /// # Errors
-    /// On a database failure.
-    pub async fn mark_workers_offline(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+    async fn mark_workers_offline(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         let done = sqlx::query(
             r"update kagzi.workers set status = 'offline'
               where status = 'online' and last_heartbeat_at < $1",
@@ -594,33 +617,6 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
-    }
-
-    /// Checks that `lease_token` is the run's current, unexpired lease.
-    async fn ensure_lease(&self, run: RunId, lease_token: Uuid, now: DateTime<Utc>) -> Result<()> {
-        let held: Option<bool> = sqlx::query_scalar(
-            r"select status = 'running' and lease_token = $2 and lease_expires_at > $3
-              from kagzi.runs where id = $1",
-        )
-        .bind(run)
-        .bind(lease_token)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        match held {
-            None => Err(not_found(run)),
-            Some(false) => Err(Error::LeaseLost(run)),
-            Some(true) => Ok(()),
-        }
-    }
-
-    /// Explains why a fenced update matched no row.
-    async fn lease_error(&self, run: RunId, lease_token: Uuid, now: DateTime<Utc>) -> Error {
-        match self.ensure_lease(run, lease_token, now).await {
-            Err(e) => e,
-            // The lease looks held now: it changed between the two statements.
-            Ok(()) => Error::LeaseLost(run),
-        }
     }
 }
 

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kagzi_server::{Config, PgStore, Server};
+use std::sync::Arc;
+
+use kagzi_server::{Config, PgStore, Server, SqliteStore, Store};
 use sqlx::PgPool;
 
 /// Short leases and heartbeats so crash recovery happens in seconds.
@@ -24,11 +26,74 @@ pub fn fast_config() -> Config {
     config
 }
 
-/// A server in this process on a free port, over the test's database.
-pub async fn start_server(pool: PgPool) -> Server {
-    Server::start_with_store(fast_config(), PgStore::new(pool))
-        .await
-        .expect("server starts")
+/// A test's own database: a fresh PostgreSQL database (from `#[sqlx::test]`) or a fresh
+/// SQLite file, removed when dropped.
+pub enum TestDb {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// An SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl TestDb {
+    /// A fresh SQLite database file in the temporary directory.
+    pub fn sqlite() -> Self {
+        Self::Sqlite(std::env::temp_dir().join(format!("kagzi-e2e-{}.db", uuid::Uuid::new_v4())))
+    }
+
+    /// The URL a server (in process or not) opens.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Postgres(pool) => database_url(pool),
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+
+    /// A server in this process on a free port, over this database.
+    pub async fn start_server(&self) -> Server {
+        let store: Arc<dyn Store> = match self {
+            Self::Postgres(pool) => Arc::new(PgStore::new(pool.clone())),
+            Self::Sqlite(_) => {
+                Arc::new(SqliteStore::open(&self.url()).await.expect("SQLite opens"))
+            }
+        };
+        Server::start_with_store(fast_config(), store)
+            .await
+            .expect("server starts")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Self::Sqlite(path) = self {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        }
+    }
+}
+
+/// Runs each named test (an `async fn(TestDb)`) against PostgreSQL and against SQLite.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[sqlx::test(migrations = false)]
+                async fn $name(pool: sqlx::PgPool) {
+                    super::$name($crate::support::TestDb::Postgres(pool)).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::TestDb::sqlite()).await;
+                }
+            )*
+        }
+    };
 }
 
 /// The URL a client uses for an in-process server.
@@ -114,10 +179,10 @@ pub async fn wait_healthy(url: &str) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(res) = client.get(format!("{url}/healthz")).send().await {
-            if res.status().is_success() {
-                return;
-            }
+        if let Ok(res) = client.get(format!("{url}/healthz")).send().await
+            && res.status().is_success()
+        {
+            return;
         }
         assert!(
             Instant::now() < deadline,

@@ -1,0 +1,634 @@
+//! The SQLite store: the embedded, zero-setup default for one machine.
+//!
+//! One server owns the database file: it holds an exclusive lock on it while it runs, so a
+//! second server on the same file refuses to start instead of racing the first. All access
+//! goes through one connection (WAL mode, `synchronous = FULL`), so read-then-write
+//! transactions never contend and a committed step survives a crash of the process. Wake-ups
+//! are delivered in process once a change commits.
+
+use std::fs::{File, TryLockError};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Sqlite};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Backoff, Error, NewRun, NewWorker, Result, RunFilter, StepReport, Store, retry_delay};
+use crate::engine::wakeup::Wakeups;
+use crate::model::{JournalEntry, Lease, Run, RunId, Step, Task, Worker, WorkerId};
+
+/// The columns of [`Run`], as a literal so statements stay literal SQL.
+macro_rules! run_columns {
+    () => {
+        "id, workflow, queue, status, input, output, error, attempts, retries, created_at, \
+         started_at, finished_at"
+    };
+}
+
+/// The columns of [`Step`].
+macro_rules! step_columns {
+    () => {
+        "key, position, status, output, error, attempts, created_at, finished_at"
+    };
+}
+
+/// A wake-up, sent once the change it announces has committed.
+#[derive(Debug, Clone)]
+enum Note {
+    /// A run on this queue may be due.
+    Queue(String),
+    /// This run ended.
+    RunDone(RunId),
+}
+
+/// A store in an SQLite database file (or in memory).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    notes: broadcast::Sender<Note>,
+    /// Held for the store's lifetime: the exclusive lock on the database file.
+    _lock: Option<Arc<File>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database `url` names: `sqlite://PATH` or
+    /// `sqlite::memory:`.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another server holds the file; database errors otherwise.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let filename = options.get_filename().to_owned();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        let in_memory = url.contains(":memory:") || filename.as_os_str().is_empty();
+        let lock = if in_memory {
+            None
+        } else {
+            let file = File::open(&filename)
+                .map_err(|e| Error::Config(format!("{}: {e}", filename.display())))?;
+            match file.try_lock() {
+                Ok(()) => Some(Arc::new(file)),
+                Err(TryLockError::WouldBlock) => {
+                    pool.close().await;
+                    return Err(Error::Locked(filename.display().to_string()));
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(Error::Config(format!(
+                        "cannot lock {}: {e}",
+                        filename.display()
+                    )));
+                }
+            }
+        };
+        let (notes, _) = broadcast::channel(1024);
+        Ok(Self {
+            pool,
+            notes,
+            _lock: lock,
+        })
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn notify(&self, note: Note) {
+        // No receiver just means no server is listening (e.g. in store tests).
+        let _ = self.notes.send(note);
+    }
+
+    fn notify_queues(&self, mut queues: Vec<String>) {
+        queues.sort_unstable();
+        queues.dedup();
+        for queue in queues {
+            self.notify(Note::Queue(queue));
+        }
+    }
+
+    /// Checks that `lease_token` is the run's current, unexpired lease.
+    async fn ensure_lease<'e, E>(
+        executor: E,
+        run: RunId,
+        lease_token: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<()>
+    where
+        E: sqlx::Executor<'e, Database = Sqlite>,
+    {
+        let held: Option<bool> = sqlx::query_scalar(
+            r"select status = 'running' and lease_token = ?2 and lease_expires_at > ?3
+              from runs where id = ?1",
+        )
+        .bind(run)
+        .bind(lease_token)
+        .bind(now)
+        .fetch_optional(executor)
+        .await?;
+        match held {
+            None => Err(Error::NotFound(format!("run {run}"))),
+            Some(false) => Err(Error::LeaseLost(run)),
+            Some(true) => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn listen(&self, wakeups: Arc<Wakeups>, shutdown: CancellationToken) {
+        let mut notes = self.notes.subscribe();
+        loop {
+            let note = tokio::select! {
+                () = shutdown.cancelled() => return,
+                note = notes.recv() => note,
+            };
+            match note {
+                Ok(Note::Queue(queue)) => wakeups.queues.wake(&queue),
+                Ok(Note::RunDone(run)) => wakeups.runs.wake(&run),
+                Err(broadcast::error::RecvError::Lagged(_)) => wakeups.wake_all(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<RunId> {
+        let id = RunId::new();
+        sqlx::query(
+            r"insert into runs
+                  (id, workflow, queue, status, input, retries, available_at, created_at, updated_at)
+              values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7)",
+        )
+        .bind(id)
+        .bind(&new.workflow)
+        .bind(&new.queue)
+        .bind(Json(&new.input))
+        .bind(i64::from(new.retries))
+        .bind(new.available_at.max(now))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.notify(Note::Queue(new.queue.clone()));
+        Ok(id)
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Run> {
+        sqlx::query_as::<_, Run>(concat!(
+            "select ",
+            run_columns!(),
+            " from runs where id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("run {id}")))
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        let runs = sqlx::query_as::<_, Run>(concat!(
+            "select ",
+            run_columns!(),
+            r" from runs
+              where (?1 is null or workflow = ?1)
+                and (?2 is null or queue = ?2)
+                and (?3 is null or status = ?3)
+                and (?4 is null or id < ?4)
+              order by id desc
+              limit ?5"
+        ))
+        .bind(filter.workflow.as_deref())
+        .bind(filter.queue.as_deref())
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.before)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(runs)
+    }
+
+    async fn list_steps(&self, id: RunId) -> Result<Vec<Step>> {
+        let steps = sqlx::query_as::<_, Step>(concat!(
+            "select ",
+            step_columns!(),
+            " from steps where run_id = ?1 order by position, key"
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        if steps.is_empty() {
+            self.get_run(id).await?;
+        }
+        Ok(steps)
+    }
+
+    async fn cancel_run(&self, id: RunId, now: DateTime<Utc>) -> Result<Run> {
+        let run = sqlx::query_as::<_, Run>(concat!(
+            r"update runs
+              set status = 'cancelled', finished_at = ?2, updated_at = ?2,
+                  lease_token = null, lease_expires_at = null
+              where id = ?1 and status in ('pending', 'running')
+              returning ",
+            run_columns!()
+        ))
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match run {
+            Some(run) => {
+                self.notify(Note::RunDone(id));
+                Ok(run)
+            }
+            None => {
+                let run = self.get_run(id).await?;
+                Err(Error::Conflict(format!(
+                    "run {id} already ended as {}",
+                    run.status
+                )))
+            }
+        }
+    }
+
+    async fn register_worker(&self, new: &NewWorker, now: DateTime<Utc>) -> Result<WorkerId> {
+        let id = WorkerId::new();
+        sqlx::query(
+            r"insert into workers
+                  (id, queue, workflows, capacity, hostname, status, registered_at, last_heartbeat_at)
+              values (?1, ?2, ?3, ?4, ?5, 'online', ?6, ?6)",
+        )
+        .bind(id)
+        .bind(&new.queue)
+        .bind(Json(&new.workflows))
+        .bind(i64::from(new.capacity))
+        .bind(new.hostname.as_deref())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn get_worker(&self, id: WorkerId) -> Result<Worker> {
+        let row: Option<(WorkerId, String, Json<Vec<String>>, i32, Option<String>)> =
+            sqlx::query_as(
+                "select id, queue, workflows, capacity, hostname from workers where id = ?1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let (id, queue, Json(workflows), capacity, hostname) =
+            row.ok_or_else(|| Error::NotFound(format!("worker {id}")))?;
+        Ok(Worker {
+            id,
+            queue,
+            workflows,
+            capacity,
+            hostname,
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: WorkerId,
+        held: &[Lease],
+        lease_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunId>> {
+        let mut tx = self.pool.begin().await?;
+        let found = sqlx::query(
+            "update workers set last_heartbeat_at = ?2, status = 'online' where id = ?1",
+        )
+        .bind(worker)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if found.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("worker {worker}")));
+        }
+        let mut lost = Vec::new();
+        for lease in held {
+            let extended = sqlx::query(
+                r"update runs set lease_expires_at = ?4, updated_at = ?5
+                  where id = ?1 and lease_token = ?2 and worker_id = ?3
+                    and status = 'running' and lease_expires_at > ?5",
+            )
+            .bind(lease.run_id)
+            .bind(lease.lease_token)
+            .bind(worker)
+            .bind(lease_expires_at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if extended.rows_affected() == 0 {
+                lost.push(lease.run_id);
+            }
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    async fn deregister_worker(&self, worker: WorkerId, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let found = sqlx::query("update workers set status = 'offline' where id = ?1")
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        if found.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("worker {worker}")));
+        }
+        let queues: Vec<String> = sqlx::query_scalar(
+            r"update runs
+              set status = 'pending', lease_token = null, lease_expires_at = null,
+                  available_at = ?2, updated_at = ?2
+              where worker_id = ?1 and status = 'running'
+              returning queue",
+        )
+        .bind(worker)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let released = queues.len() as u64;
+        self.notify_queues(queues);
+        Ok(released)
+    }
+
+    async fn claim(
+        &self,
+        worker: &Worker,
+        max: u32,
+        lease_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Task>> {
+        let mut tx = self.pool.begin().await?;
+        let mut claimed: Vec<(RunId, String, Json<Value>, i32, Uuid, DateTime<Utc>)> =
+            sqlx::query_as(
+                r"update runs
+              set status = 'running', attempts = attempts + 1, lease_token = randomblob(16),
+                  lease_expires_at = ?5, worker_id = ?6, started_at = coalesce(started_at, ?3),
+                  updated_at = ?3
+              where id in (
+                  select id from runs
+                  where status = 'pending' and queue = ?1
+                    and workflow in (select value from json_each(?2))
+                    and available_at <= ?3
+                  order by available_at, id
+                  limit ?4
+              )
+              returning id, workflow, input, attempts, lease_token, available_at",
+            )
+            .bind(&worker.queue)
+            .bind(Json(&worker.workflows))
+            .bind(now)
+            .bind(i64::from(max))
+            .bind(lease_expires_at)
+            .bind(worker.id)
+            .fetch_all(&mut *tx)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        claimed.sort_by_key(|run| (run.5, run.0));
+        let mut journal_query = QueryBuilder::<Sqlite>::new(
+            "select run_id, key, position, output from steps where status = 'completed' and run_id in (",
+        );
+        let mut ids = journal_query.separated(", ");
+        for run in &claimed {
+            ids.push_bind(run.0);
+        }
+        journal_query.push(") order by run_id, position");
+        let journal: Vec<(RunId, String, i32, Json<Value>)> =
+            journal_query.build_query_as().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut tasks: Vec<Task> = claimed
+            .into_iter()
+            .map(|(run_id, workflow, input, attempt, lease_token, _)| Task {
+                run_id,
+                workflow,
+                input: input.0,
+                attempt,
+                lease_token,
+                lease_expires_at,
+                journal: Vec::new(),
+            })
+            .collect();
+        for (run_id, key, position, output) in journal {
+            if let Some(task) = tasks.iter_mut().find(|t| t.run_id == run_id) {
+                task.journal.push(JournalEntry {
+                    key,
+                    position,
+                    output: output.0,
+                });
+            }
+        }
+        Ok(tasks)
+    }
+
+    async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<DateTime<Utc>> = sqlx::query_scalar(
+            r"select min(available_at) from runs
+              where status = 'pending' and queue = ?1
+                and workflow in (select value from json_each(?2))",
+        )
+        .bind(&worker.queue)
+        .bind(Json(&worker.workflows))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next)
+    }
+
+    async fn record_step(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        report: &StepReport,
+        now: DateTime<Utc>,
+    ) -> Result<Step> {
+        let mut tx = self.pool.begin().await?;
+        Self::ensure_lease(&mut *tx, run, lease_token, now).await?;
+        let written = sqlx::query_as::<_, Step>(concat!(
+            r"insert into steps
+                  (run_id, key, position, status, output, error, attempts, created_at, finished_at)
+              values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+              on conflict (run_id, key) do update
+                  set position = excluded.position, status = excluded.status,
+                      output = excluded.output, error = excluded.error,
+                      attempts = steps.attempts + excluded.attempts,
+                      finished_at = excluded.finished_at
+                  where steps.status = 'failed'
+              returning ",
+            step_columns!()
+        ))
+        .bind(run)
+        .bind(&report.key)
+        .bind(i64::from(report.position))
+        .bind(report.status)
+        .bind(report.output.as_ref().map(Json))
+        .bind(report.error.as_deref())
+        .bind(i64::from(report.attempts.max(1)))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let step = match written {
+            Some(step) => step,
+            None => {
+                sqlx::query_as::<_, Step>(concat!(
+                    "select ",
+                    step_columns!(),
+                    " from steps where run_id = ?1 and key = ?2"
+                ))
+                .bind(run)
+                .bind(&report.key)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        tx.commit().await?;
+        Ok(step)
+    }
+
+    async fn complete_run(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        output: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<Run> {
+        let done = sqlx::query_as::<_, Run>(concat!(
+            r"update runs
+              set status = 'completed', output = ?3, error = null, finished_at = ?4,
+                  updated_at = ?4, lease_token = null, lease_expires_at = null
+              where id = ?1 and lease_token = ?2 and status = 'running' and lease_expires_at > ?4
+              returning ",
+            run_columns!()
+        ))
+        .bind(run)
+        .bind(lease_token)
+        .bind(Json(output))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match done {
+            Some(done) => {
+                self.notify(Note::RunDone(run));
+                Ok(done)
+            }
+            None => Err(lease_error(
+                Self::ensure_lease(&self.pool, run, lease_token, now).await,
+                run,
+            )),
+        }
+    }
+
+    async fn fail_run(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        error: &str,
+        retryable: bool,
+        backoff: Backoff,
+        now: DateTime<Utc>,
+    ) -> Result<Run> {
+        let mut tx = self.pool.begin().await?;
+        Self::ensure_lease(&mut *tx, run, lease_token, now).await?;
+        let (attempts, retries): (i32, i32) =
+            sqlx::query_as("select attempts, retries from runs where id = ?1")
+                .bind(run)
+                .fetch_one(&mut *tx)
+                .await?;
+        let retry = retryable && attempts <= retries;
+        let delay = retry_delay(backoff, attempts, rand::random::<f64>());
+        let available_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        let failed = sqlx::query_as::<_, Run>(concat!(
+            r"update runs
+              set status = case when ?3 then 'pending' else 'failed' end,
+                  available_at = ?4,
+                  finished_at = case when ?3 then null else ?5 end,
+                  error = ?2, updated_at = ?5, lease_token = null, lease_expires_at = null
+              where id = ?1
+              returning ",
+            run_columns!()
+        ))
+        .bind(run)
+        .bind(error)
+        .bind(retry)
+        .bind(available_at)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if retry {
+            self.notify(Note::Queue(failed.queue.clone()));
+        } else {
+            self.notify(Note::RunDone(run));
+        }
+        Ok(failed)
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64> {
+        let queues: Vec<String> = sqlx::query_scalar(
+            r"update runs
+              set status = 'pending', lease_token = null, lease_expires_at = null,
+                  available_at = ?1, updated_at = ?1
+              where status = 'running' and lease_expires_at < ?1
+              returning queue",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let requeued = queues.len() as u64;
+        self.notify_queues(queues);
+        Ok(requeued)
+    }
+
+    async fn mark_workers_offline(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "update workers set status = 'offline' where status = 'online' and last_heartbeat_at < ?1",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Explains why a fenced update matched no row, given the lease check that followed it.
+fn lease_error(check: Result<()>, run: RunId) -> Error {
+    match check {
+        Err(e) => e,
+        // The lease looks held now: it changed between the two statements.
+        Ok(()) => Error::LeaseLost(run),
+    }
+}
