@@ -56,6 +56,10 @@ pub enum RunStatus {
     Pending,
     /// Claimed by a worker that holds its lease.
     Running,
+    /// Suspended on a durable timer until `wake_at`.
+    Sleeping,
+    /// Suspended until a signal arrives or a child run ends (or `wake_at`, for a timeout).
+    Waiting,
     /// Finished with an output.
     Completed,
     /// Finished with an error, no retries left.
@@ -75,6 +79,8 @@ impl RunStatus {
         match self {
             Self::Pending => "pending",
             Self::Running => "running",
+            Self::Sleeping => "sleeping",
+            Self::Waiting => "waiting",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -127,6 +133,48 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     /// When the run ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// When a sleeping or waiting run wakes by itself (a timer, a signal timeout).
+    pub wake_at: Option<DateTime<Utc>>,
+    /// What a waiting run waits for: `signal:NAME` or `child:ID`.
+    pub waiting_for: Option<String>,
+    /// The run that started this one as its child.
+    pub parent_id: Option<RunId>,
+    /// The key that made the start idempotent.
+    pub idempotency_key: Option<String>,
+    /// When the run times out, whatever it is doing.
+    pub deadline_at: Option<DateTime<Utc>>,
+}
+
+/// How a failed run is retried, shaped like Temporal's retry policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included.
+    pub max_attempts: u32,
+    /// The delay before the first retry, in milliseconds.
+    #[serde(default = "default_initial_interval_ms")]
+    pub initial_interval_ms: u64,
+    /// How much the delay grows with each retry.
+    #[serde(default = "default_backoff_coefficient")]
+    pub backoff_coefficient: f64,
+    /// The longest delay, in milliseconds.
+    #[serde(default = "default_max_interval_ms")]
+    pub max_interval_ms: u64,
+    /// A failure whose error message contains one of these is not retried.
+    #[serde(default)]
+    pub non_retryable_errors: Vec<String>,
+}
+
+fn default_initial_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_backoff_coefficient() -> f64 {
+    2.0
+}
+
+fn default_max_interval_ms() -> u64 {
+    300_000
 }
 
 /// One journal entry: a step's recorded outcome.

@@ -22,6 +22,10 @@ fn new_run(workflow: &str, input: serde_json::Value, now: DateTime<Utc>) -> NewR
         input,
         retries: 0,
         available_at: now,
+        parent_id: None,
+        idempotency_key: None,
+        deadline_at: None,
+        retry_policy: None,
     }
 }
 
@@ -59,7 +63,8 @@ async fn claim_takes_due_runs_in_batches_oldest_first(store: Arc<dyn Store>) {
             store
                 .create_run(&new_run("greet", json!(i), at), at)
                 .await
-                .expect("create"),
+                .expect("create")
+                .id,
         );
     }
     let w = worker(&*store, &["greet"]).await;
@@ -98,7 +103,8 @@ async fn claim_skips_runs_not_due_and_other_workflows_and_queues(store: Arc<dyn 
     let delayed = store
         .create_run(&new_run("greet", json!(1), later), now)
         .await
-        .expect("create");
+        .expect("create")
+        .id;
     store
         .create_run(&new_run("other", json!(2), now), now)
         .await
@@ -163,7 +169,8 @@ async fn a_step_is_recorded_once_and_replayed_in_the_journal(store: Arc<dyn Stor
     let id = store
         .create_run(&new_run("greet", json!({}), now), now)
         .await
-        .expect("create");
+        .expect("create")
+        .id;
     let w = worker(&*store, &["greet"]).await;
     let task = store
         .claim(&w, 1, now + LEASE, now)
@@ -232,7 +239,8 @@ async fn reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_noth
     let id = store
         .create_run(&new_run("greet", json!({}), now), now)
         .await
-        .expect("create");
+        .expect("create")
+        .id;
     let w = worker(&*store, &["greet"]).await;
     let old = store
         .claim(&w, 1, now + LEASE, now)
@@ -303,7 +311,7 @@ async fn a_failed_run_is_retried_with_backoff_then_fails(store: Arc<dyn Store>) 
     let now = Utc::now();
     let mut new = new_run("greet", json!({}), now);
     new.retries = 1;
-    let id = store.create_run(&new, now).await.expect("create");
+    let id = store.create_run(&new, now).await.expect("create").id;
     let w = worker(&*store, &["greet"]).await;
 
     let first = store
@@ -355,7 +363,7 @@ async fn a_non_retryable_failure_ends_the_run_at_once(store: Arc<dyn Store>) {
     let now = Utc::now();
     let mut new = new_run("greet", json!({}), now);
     new.retries = 5;
-    let id = store.create_run(&new, now).await.expect("create");
+    let id = store.create_run(&new, now).await.expect("create").id;
     let w = worker(&*store, &["greet"]).await;
     let task = store
         .claim(&w, 1, now + LEASE, now)
@@ -373,11 +381,13 @@ async fn heartbeats_extend_held_leases_and_name_the_lost_ones(store: Arc<dyn Sto
     let a = store
         .create_run(&new_run("greet", json!(1), now), now)
         .await
-        .expect("create");
+        .expect("create")
+        .id;
     let b = store
         .create_run(&new_run("greet", json!(2), now), now)
         .await
-        .expect("create");
+        .expect("create")
+        .id;
     let w = worker(&*store, &["greet"]).await;
     let tasks = store.claim(&w, 2, now + LEASE, now).await.expect("claim");
     let leases: Vec<Lease> = tasks
@@ -427,7 +437,8 @@ async fn deregistering_a_worker_hands_its_runs_back(store: Arc<dyn Store>) {
     let id = store
         .create_run(&new_run("greet", json!(1), now), now)
         .await
-        .expect("create");
+        .expect("create")
+        .id;
     let w = worker(&*store, &["greet"]).await;
     let task = store
         .claim(&w, 1, now + LEASE, now)
@@ -465,7 +476,8 @@ async fn cancel_ends_pending_and_running_runs_but_not_finished_ones(store: Arc<d
     let pending = store
         .create_run(&new_run("greet", json!(1), now), now)
         .await
-        .expect("create");
+        .expect("create")
+        .id;
     let run = store.cancel_run(pending, now).await.expect("cancel");
     assert_eq!(run.status, RunStatus::Cancelled);
     assert!(run.finished_at.is_some());
@@ -488,7 +500,8 @@ async fn listing_filters_and_pages_newest_first(store: Arc<dyn Store>) {
             store
                 .create_run(&new_run("greet", json!(i), now), now)
                 .await
-                .expect("create"),
+                .expect("create")
+                .id,
         );
         store
             .create_run(&new_run("other", json!(i), now), now)

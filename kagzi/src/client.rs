@@ -68,8 +68,23 @@ impl Client {
             workflow: name.into(),
             queue: queue.into(),
             input: serde_json::to_value(input),
-            retries: 0,
+            options: StartOptions::default(),
         }
+    }
+
+    /// Send the signal `name` with `payload` to the run `id`. The run receives it with
+    /// [`WorkflowContext::wait_for_signal`](crate::WorkflowContext::wait_for_signal); signals
+    /// sent before it waits are kept, and received in the order they were sent.
+    ///
+    /// # Errors
+    /// [`Error::Api`] with status 404 for an unknown run, 409 for a run that already ended,
+    /// 413 for a payload over the limit; transport errors.
+    pub async fn signal(&self, id: RunId, name: &str, payload: impl Serialize) -> Result<()> {
+        let run = id.to_string();
+        let url = self.http.url(&["v1", "runs", &run, "signals", name]);
+        let call = Call::post(url, &payload)?.retry(Retry::Unsent(RETRY_BUDGET));
+        self.http.send::<IgnoredAny>(&call).await?;
+        Ok(())
     }
 
     /// The run `id` as it stands now.
@@ -116,6 +131,9 @@ impl Client {
             }
             if let Some(limit) = filter.limit {
                 query.append_pair("limit", &limit.to_string());
+            }
+            if let Some(parent) = &filter.parent_id {
+                query.append_pair("parent_id", &parent.to_string());
             }
             if let Some(cursor) = &filter.cursor {
                 query.append_pair("cursor", cursor);
@@ -231,13 +249,87 @@ pub struct StartWorkflow {
     workflow: String,
     queue: String,
     input: serde_json::Result<Value>,
+    options: StartOptions,
+}
+
+/// The options of a start, as sent.
+#[derive(Debug, Default, Serialize)]
+struct StartOptions {
     retries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_policy: Option<RunRetryPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    delay_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A run retry policy on the wire.
+#[derive(Debug, Serialize)]
+struct RunRetryPolicy {
+    max_attempts: u32,
+    initial_interval_ms: u64,
+    backoff_coefficient: f64,
+    max_interval_ms: u64,
+    non_retryable_errors: Vec<String>,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl StartWorkflow {
-    /// Retry the run up to `retries` times after a failed attempt (default 0).
+    /// Retry the run up to `retries` times after a failed attempt (default 0), with the
+    /// server's exponential backoff.
     pub fn retries(mut self, retries: u32) -> Self {
-        self.retries = retries;
+        self.options.retries = retries;
+        self
+    }
+
+    /// Retry a failed run by `policy` (attempts, initial interval, backoff coefficient,
+    /// maximum interval); failures whose message contains one of `non_retryable_errors` are
+    /// not retried. Overrides [`retries`](Self::retries).
+    pub fn retry_policy(
+        mut self,
+        policy: crate::RetryPolicy,
+        non_retryable_errors: &[&str],
+    ) -> Self {
+        self.options.retry_policy = Some(RunRetryPolicy {
+            max_attempts: policy.max_attempts.max(1),
+            initial_interval_ms: millis(policy.initial_interval),
+            backoff_coefficient: policy.backoff_coefficient,
+            max_interval_ms: millis(policy.max_interval),
+            non_retryable_errors: non_retryable_errors
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect(),
+        });
+        self
+    }
+
+    /// Make the start idempotent: a start with a key that an earlier start used returns that
+    /// run instead of creating one (an [`Error::Api`] 409 if its workflow or input differ).
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.options.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Fail the run with a timeout error once `timeout` passed since the start, whatever it
+    /// is doing (running, sleeping, waiting).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout_ms = Some(millis(timeout));
+        self
+    }
+
+    /// Start the run no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.options.delay_ms = millis(delay);
         self
     }
 
@@ -247,7 +339,8 @@ impl StartWorkflow {
             workflow: &'a str,
             queue: &'a str,
             input: &'a Value,
-            retries: u32,
+            #[serde(flatten)]
+            options: &'a StartOptions,
         }
         #[derive(Deserialize)]
         struct Started {
@@ -258,10 +351,16 @@ impl StartWorkflow {
             workflow: &self.workflow,
             queue: &self.queue,
             input: &input,
-            retries: self.retries,
+            options: &self.options,
         };
-        let call =
-            Call::post(self.http.url(&["v1", "runs"]), &body)?.retry(Retry::Unsent(RETRY_BUDGET));
+        // With an idempotency key a repeated start is harmless, so any transient failure
+        // may be retried; without one, only a start that surely never reached the server.
+        let retry = if self.options.idempotency_key.is_some() {
+            Retry::Transient(RETRY_BUDGET)
+        } else {
+            Retry::Unsent(RETRY_BUDGET)
+        };
+        let call = Call::post(self.http.url(&["v1", "runs"]), &body)?.retry(retry);
         Ok(self.http.send::<Started>(&call).await?.id)
     }
 }

@@ -31,21 +31,24 @@ pub(crate) struct JournalEntry {
 /// (`futures::join!(ctx.run("a", ..), ctx.run("b", ..))`).
 #[derive(Clone)]
 pub struct WorkflowContext {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    run_id: RunId,
+pub(crate) struct Inner {
+    pub(crate) run_id: RunId,
     workflow: String,
     attempt: u32,
-    lease_token: Uuid,
+    pub(crate) lease_token: Uuid,
     /// Recorded outputs by step key.
     journal: HashMap<String, Value>,
     /// Recorded step keys by position, to catch non-deterministic replays.
     recorded_keys: HashMap<u32, String>,
     steps: Mutex<StepCounter>,
     /// Where step results are reported; `None` only in unit tests.
-    http: Option<Http>,
+    pub(crate) http: Option<Http>,
+    /// Notified once the run suspended (the server has let go of it): the worker then drops
+    /// the workflow future.
+    pub(crate) suspended: tokio::sync::Notify,
 }
 
 /// Assigns step keys and positions in call order.
@@ -59,7 +62,7 @@ struct StepCounter {
 }
 
 /// What to do for one step call, decided synchronously when the step is called.
-enum Plan {
+pub(crate) enum Plan {
     /// The journal has the result: return it without running the step.
     Replay(Value),
     /// Run the step and report its result.
@@ -103,6 +106,7 @@ impl WorkflowContext {
                 recorded_keys,
                 steps: Mutex::new(StepCounter::default()),
                 http,
+                suspended: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -197,7 +201,7 @@ impl WorkflowContext {
 
 impl Inner {
     /// Assign the next key and position for a step called `name` and decide what to do.
-    fn plan(&self, name: &str) -> (String, u32, Plan) {
+    pub(crate) fn plan(&self, name: &str) -> (String, u32, Plan) {
         let mut steps = self.steps.lock().unwrap_or_else(PoisonError::into_inner);
         let occurrence = steps.occurrences.entry(name.to_owned()).or_insert(0);
         *occurrence += 1;
@@ -226,7 +230,7 @@ impl Inner {
         (key, position, plan)
     }
 
-    fn mark_diverged(&self) {
+    pub(crate) fn mark_diverged(&self) {
         self.steps
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -234,7 +238,7 @@ impl Inner {
     }
 
     /// Report a step's outcome and return the value to continue with.
-    async fn finish<T>(
+    pub(crate) async fn finish<T>(
         &self,
         key: String,
         position: u32,

@@ -58,6 +58,7 @@ mod client;
 mod context;
 mod error;
 mod http;
+mod suspend;
 mod types;
 mod worker;
 

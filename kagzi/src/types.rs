@@ -55,6 +55,10 @@ pub enum RunStatus {
     Pending,
     /// Claimed by a worker that holds its lease.
     Running,
+    /// Suspended on a durable timer until `wake_at`.
+    Sleeping,
+    /// Suspended until a signal arrives or a child run ends (or `wake_at`, for a timeout).
+    Waiting,
     /// Finished with an output.
     Completed,
     /// Finished with an error, no attempts left.
@@ -77,6 +81,8 @@ impl RunStatus {
         match self {
             RunStatus::Pending => "pending",
             RunStatus::Running => "running",
+            RunStatus::Sleeping => "sleeping",
+            RunStatus::Waiting => "waiting",
             RunStatus::Completed => "completed",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
@@ -125,6 +131,21 @@ pub struct Run {
     /// When the run ended.
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
+    /// When a sleeping or waiting run wakes by itself (a timer, a signal timeout).
+    #[serde(default)]
+    pub wake_at: Option<DateTime<Utc>>,
+    /// What a waiting run waits for: `signal:NAME` or `child:ID`.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
+    /// The run that started this one as its child.
+    #[serde(default)]
+    pub parent_id: Option<RunId>,
+    /// The key that made the start idempotent.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// When the run times out, whatever it is doing.
+    #[serde(default)]
+    pub deadline_at: Option<DateTime<Utc>>,
 }
 
 /// How a recorded step ended.
@@ -189,6 +210,8 @@ pub struct RunFilter {
     pub limit: Option<u32>,
     /// Continue after this cursor (from [`RunPage::next_cursor`]).
     pub cursor: Option<String>,
+    /// Only the children of this run.
+    pub parent_id: Option<RunId>,
 }
 
 impl RunFilter {
@@ -213,6 +236,12 @@ impl RunFilter {
     /// At most this many runs.
     pub fn limit(mut self, limit: u32) -> Self {
         self.limit = Some(limit);
+        self
+    }
+
+    /// Only the children of this run.
+    pub fn parent(mut self, parent: RunId) -> Self {
+        self.parent_id = Some(parent);
         self
     }
 

@@ -435,9 +435,16 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
                 journal,
                 Some(shared.http.clone()),
             );
-            let result = AssertUnwindSafe(async move { handler(ctx, input).await })
-                .catch_unwind()
-                .await;
+            let suspended = ctx.clone();
+            let workflow =
+                AssertUnwindSafe(async move { handler(ctx, input).await }).catch_unwind();
+            let result = tokio::select! {
+                result = workflow => result,
+                () = suspended.inner.suspended.notified() => {
+                    debug!("run suspended; the server wakes it when its wait is over");
+                    return;
+                }
+            };
             match result {
                 Ok(Ok(output)) => Ok(output),
                 Ok(Err(e)) => {

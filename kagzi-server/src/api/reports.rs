@@ -2,8 +2,9 @@
 //! carries the lease token from the claim and is refused with 409 when the lease is gone.
 
 use axum::extract::State;
+use chrono::DateTime;
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -11,7 +12,7 @@ use super::error::{ApiError, Result};
 use super::extract::{Json, Path, check_payload};
 use crate::model::{Run, RunId, Step, StepStatus};
 use crate::state::AppState;
-use crate::store::StepReport;
+use crate::store::{StepReport, Suspend};
 
 /// `POST /v1/runs/{id}/steps` body.
 #[derive(Debug, Deserialize)]
@@ -132,4 +133,81 @@ pub(crate) async fn fail(
         )
         .await?;
     Ok(Json(run))
+}
+
+/// `POST /v1/runs/{id}/suspend` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SuspendBody {
+    lease_token: Uuid,
+    /// Wake at this time (a sleep's end, or a timeout for a signal or child).
+    #[serde(default)]
+    until: Option<DateTime<Utc>>,
+    /// Wake when a signal of this name arrives.
+    #[serde(default)]
+    signal: Option<String>,
+    /// Wake when this child run ends.
+    #[serde(default)]
+    child: Option<RunId>,
+}
+
+/// Suspends the run (the worker lets go of it): it sleeps, or waits for a signal or a child.
+/// When that already happened, the run is due again at once.
+pub(crate) async fn suspend(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<SuspendBody>,
+) -> Result<Json<Run>> {
+    if body.until.is_none() && body.signal.is_none() && body.child.is_none() {
+        return Err(ApiError::InvalidBody(
+            "a suspension needs `until`, `signal` or `child`".to_owned(),
+        ));
+    }
+    let suspend = Suspend {
+        until: body.until,
+        signal: body.signal,
+        child: body.child,
+    };
+    let run = state
+        .store
+        .suspend_run(RunId(id), body.lease_token, &suspend, Utc::now())
+        .await?;
+    Ok(Json(run))
+}
+
+/// `POST /v1/runs/{id}/signals/{name}/receive` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReceiveBody {
+    lease_token: Uuid,
+    key: String,
+    position: u32,
+}
+
+/// `POST /v1/runs/{id}/signals/{name}/receive` answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct Received {
+    /// The step the signal was recorded as (output `{"payload": ...}`); null when no signal
+    /// of that name is waiting.
+    step: Option<Step>,
+}
+
+/// Takes the oldest waiting signal of a name and records it as the step `key`.
+pub(crate) async fn receive(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(Uuid, String)>,
+    Json(body): Json<ReceiveBody>,
+) -> Result<Json<Received>> {
+    let step = state
+        .store
+        .receive_signal(
+            RunId(id),
+            body.lease_token,
+            &name,
+            &body.key,
+            body.position,
+            Utc::now(),
+        )
+        .await?;
+    Ok(Json(Received { step }))
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, Result};
 use super::extract::{Json, Path, Query, check_payload};
-use crate::model::{Run, RunId, RunStatus, Step};
+use crate::model::{RetryPolicy, Run, RunId, RunStatus, Step};
 use crate::state::AppState;
 use crate::store::{NewRun, RunFilter};
 
@@ -30,6 +30,12 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/runs/{id}/steps", get(steps).post(super::reports::step))
         .route("/v1/runs/{id}/result", get(result))
         .route("/v1/runs/{id}/cancel", post(cancel))
+        .route("/v1/runs/{id}/signals/{name}", post(signal))
+        .route(
+            "/v1/runs/{id}/signals/{name}/receive",
+            post(super::reports::receive),
+        )
+        .route("/v1/runs/{id}/suspend", post(super::reports::suspend))
         .route("/v1/runs/{id}/complete", post(super::reports::complete))
         .route("/v1/runs/{id}/fail", post(super::reports::fail))
 }
@@ -48,6 +54,19 @@ pub(crate) struct StartRun {
     /// Start no earlier than this many milliseconds from now.
     #[serde(default)]
     delay_ms: u64,
+    /// A start with a key that an earlier start used returns that run (200) instead of
+    /// creating one; with a different workflow or input it is a 409.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    /// The run fails with a timeout once this many milliseconds passed since the start.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    /// How a failed run is retried; overrides `retries`.
+    #[serde(default)]
+    retry_policy: Option<RetryPolicy>,
+    /// The run starting this one as its child (set by workers).
+    #[serde(default)]
+    parent_id: Option<RunId>,
 }
 
 fn default_queue() -> String {
@@ -82,21 +101,48 @@ async fn start(
     check_name("workflow", &req.workflow)?;
     check_name("queue", &req.queue)?;
     check_payload("input", &req.input, state.config.max_payload_bytes)?;
+    if let Some(key) = &req.idempotency_key {
+        check_name("idempotency_key", key)?;
+    }
+    if let Some(policy) = &req.retry_policy
+        && !(policy.backoff_coefficient.is_finite() && policy.backoff_coefficient >= 1.0)
+    {
+        return Err(ApiError::InvalidBody(
+            "retry_policy.backoff_coefficient must be a number of at least 1".to_owned(),
+        ));
+    }
     let now = Utc::now();
-    let delay = chrono::Duration::milliseconds(i64::try_from(req.delay_ms).unwrap_or(i64::MAX));
+    let after = |ms: u64| {
+        let offset = chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX));
+        now.checked_add_signed(offset).unwrap_or(now)
+    };
     let new = NewRun {
         workflow: req.workflow,
         queue: req.queue,
         input: req.input,
         retries: req.retries,
-        available_at: now.checked_add_signed(delay).unwrap_or(now),
+        available_at: after(req.delay_ms),
+        parent_id: req.parent_id,
+        idempotency_key: req.idempotency_key,
+        deadline_at: req.timeout_ms.map(after),
+        retry_policy: req.retry_policy,
     };
-    let id = state.store.create_run(&new, now).await?;
-    tracing::debug!(run_id = %id, workflow = %new.workflow, "run started");
+    let created = state.store.create_run(&new, now).await?;
+    if created.existing {
+        let run = state.store.get_run(created.id).await?;
+        return Ok((
+            StatusCode::OK,
+            Json(Started {
+                id: run.id,
+                status: run.status,
+            }),
+        ));
+    }
+    tracing::debug!(run_id = %created.id, workflow = %new.workflow, "run started");
     Ok((
         StatusCode::CREATED,
         Json(Started {
-            id,
+            id: created.id,
             status: RunStatus::Pending,
         }),
     ))
@@ -111,6 +157,7 @@ pub(crate) struct ListQuery {
     status: Option<RunStatus>,
     limit: Option<u32>,
     cursor: Option<Uuid>,
+    parent_id: Option<Uuid>,
 }
 
 /// `GET /v1/runs` answer.
@@ -132,6 +179,7 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
         workflow: q.workflow,
         queue: q.queue,
         status: q.status,
+        parent_id: q.parent_id.map(RunId),
         before: q.cursor.map(RunId),
         limit: limit + 1,
     };
@@ -202,4 +250,33 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<J
     let run = state.store.cancel_run(RunId(id), Utc::now()).await?;
     tracing::info!(run_id = %run.id, "run cancelled");
     Ok(Json(run))
+}
+
+/// `POST /v1/runs/{id}/signals/{name}` answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct SignalSent {
+    run_id: RunId,
+    name: String,
+}
+
+/// Sends a signal (the JSON body is its payload) to a run that has not ended. Signals are
+/// kept until the run receives them, in the order they arrived.
+async fn signal(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(Uuid, String)>,
+    Json(payload): Json<Value>,
+) -> Result<(StatusCode, Json<SignalSent>)> {
+    check_name("signal name", &name)?;
+    check_payload("signal payload", &payload, state.config.max_payload_bytes)?;
+    state
+        .store
+        .send_signal(RunId(id), &name, &payload, Utc::now())
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SignalSent {
+            run_id: RunId(id),
+            name,
+        }),
+    ))
 }

@@ -1,5 +1,5 @@
-//! The watchdog: hands runs whose lease expired back to `pending`, and marks silent workers
-//! offline. Every replica runs one; the statements are safe to run concurrently.
+//! The watchdog: hands runs whose lease expired back to `pending`, fails runs whose deadline
+//! passed, and marks silent workers offline. Every replica runs one; the statements are safe to run concurrently.
 
 use std::time::Duration;
 
@@ -30,6 +30,11 @@ pub async fn run(
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "re-queued runs whose lease expired"),
             Err(e) => tracing::warn!(error = %e, "watchdog could not expire leases"),
+        }
+        match store.expire_deadlines(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "failed runs whose deadline passed"),
+            Err(e) => tracing::warn!(error = %e, "watchdog could not time out runs"),
         }
         let cutoff =
             now - chrono::Duration::from_std(worker_timeout).unwrap_or(chrono::Duration::MAX);

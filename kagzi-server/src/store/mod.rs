@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::engine::wakeup::Wakeups;
-use crate::model::{Lease, Run, RunId, RunStatus, Step, StepStatus, Task, Worker, WorkerId};
+use crate::model::{
+    Lease, RetryPolicy, Run, RunId, RunStatus, Step, StepStatus, Task, Worker, WorkerId,
+};
 
 /// Where runs, steps and workers are kept. Every method that depends on the time takes `now`,
 /// so tests control the clock. Every change that makes work due or ends a run wakes the
@@ -42,11 +44,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// until `shutdown`.
     async fn listen(&self, wakeups: Arc<Wakeups>, shutdown: CancellationToken);
 
-    /// Inserts a pending run and wakes the pollers of its queue.
+    /// Inserts a pending run and wakes the pollers of its queue. With an idempotency key that
+    /// an existing run already has, nothing is inserted and that run is returned instead.
     ///
     /// # Errors
-    /// On a database failure.
-    async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<RunId>;
+    /// [`Error::Conflict`] when the key belongs to a run of another workflow or input.
+    async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<Created>;
 
     /// One run.
     ///
@@ -66,7 +69,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// [`Error::NotFound`] for an unknown run.
     async fn list_steps(&self, id: RunId) -> Result<Vec<Step>>;
 
-    /// Cancels a pending or running run; its lease, if any, stops being valid.
+    /// Cancels a run that has not ended, and all its descendants that have not ended; a lease
+    /// on any of them stops being valid, and a parent waiting for the run is woken.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown run, [`Error::Conflict`] for one that already ended.
@@ -166,6 +170,56 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<Run>;
 
+    /// Suspends a run under its lease: it sleeps until `suspend.until`, or waits for a signal or
+    /// a child run (with `until` as a timeout). When what it waits for already happened, the
+    /// run is made due at once instead. Either way the lease ends.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when the lease is not held; [`Error::NotFound`] for an unknown run.
+    async fn suspend_run(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        suspend: &Suspend,
+        now: DateTime<Utc>,
+    ) -> Result<Run>;
+
+    /// Delivers a signal to a run that has not ended; a run waiting for a signal is woken.
+    /// Signals are kept until received, in the order they arrived.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run, [`Error::Conflict`] for one that ended.
+    async fn send_signal(
+        &self,
+        run: RunId,
+        name: &str,
+        payload: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Under the run's lease, takes the oldest signal named `name` not yet received and
+    /// records it as the completed step `key` with output `{"payload": ...}`, which it
+    /// returns; `None` when no such signal is waiting.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when the lease is not held; [`Error::NotFound`] for an unknown run.
+    async fn receive_signal(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        name: &str,
+        key: &str,
+        position: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Step>>;
+
+    /// Fails every run whose deadline passed before `now`, whatever it was doing. Returns how
+    /// many.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn expire_deadlines(&self, now: DateTime<Utc>) -> Result<u64>;
+
     /// Returns every running run whose lease expired before `now` to `pending`, and wakes the
     /// pollers of their queues. Returns how many runs were re-queued.
     ///
@@ -256,6 +310,88 @@ pub enum Error {
 /// The store's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The result of [`Store::create_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    /// The run's id.
+    pub id: RunId,
+    /// Whether an idempotency key matched a run that already existed.
+    pub existing: bool,
+}
+
+/// What a suspended run waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Suspend {
+    /// Wake at this time (the end of a sleep, or a timeout).
+    pub until: Option<DateTime<Utc>>,
+    /// Wake when a signal of this name arrives.
+    pub signal: Option<String>,
+    /// Wake when this child run ends.
+    pub child: Option<RunId>,
+}
+
+impl Suspend {
+    /// The status a run suspended this way shows.
+    pub fn status(&self) -> RunStatus {
+        if self.signal.is_some() || self.child.is_some() {
+            RunStatus::Waiting
+        } else {
+            RunStatus::Sleeping
+        }
+    }
+
+    /// What the run waits for, as shown in `waiting_for`.
+    pub fn waiting_for(&self) -> Option<String> {
+        match (&self.signal, self.child) {
+            (Some(name), _) => Some(format!("signal:{name}")),
+            (None, Some(child)) => Some(format!("child:{child}")),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The `available_at` of a run that only an event wakes: later than any real time.
+pub fn far_future() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Decides whether a failed attempt is retried, and after how long. `retryable` is the
+/// worker's verdict; a `policy` (when the run has one) overrides `retries` and `backoff`.
+pub fn retry_after(
+    attempts: i32,
+    retries: i32,
+    policy: Option<&RetryPolicy>,
+    error: &str,
+    retryable: bool,
+    backoff: Backoff,
+) -> Option<Duration> {
+    if !retryable {
+        return None;
+    }
+    let jitter = rand::random::<f64>();
+    match policy {
+        None => (attempts <= retries).then(|| retry_delay(backoff, attempts, jitter)),
+        Some(policy) => {
+            let allowed = i64::from(policy.max_attempts.max(1));
+            if i64::from(attempts) >= allowed
+                || policy
+                    .non_retryable_errors
+                    .iter()
+                    .any(|e| !e.is_empty() && error.contains(e.as_str()))
+            {
+                return None;
+            }
+            let exponent = attempts.saturating_sub(1).clamp(0, 1000);
+            let raw = policy.initial_interval_ms as f64
+                * policy.backoff_coefficient.max(1.0).powi(exponent);
+            let capped = raw.min(policy.max_interval_ms as f64).max(0.0);
+            Some(Duration::from_secs_f64(
+                capped / 1000.0 * (0.8 + jitter * 0.4),
+            ))
+        }
+    }
+}
+
 /// A run to create.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -269,6 +405,14 @@ pub struct NewRun {
     pub retries: u32,
     /// When the run becomes due.
     pub available_at: DateTime<Utc>,
+    /// The run that starts this one as its child.
+    pub parent_id: Option<RunId>,
+    /// Makes the start idempotent: a second start with the same key returns the first run.
+    pub idempotency_key: Option<String>,
+    /// When the run times out.
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// How a failed run is retried (overrides `retries`).
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 /// A worker to register.
@@ -310,6 +454,8 @@ pub struct RunFilter {
     pub queue: Option<String>,
     /// Only runs in this status.
     pub status: Option<RunStatus>,
+    /// Only children of this run.
+    pub parent_id: Option<RunId>,
     /// Only runs older than this one (the cursor).
     pub before: Option<RunId>,
     /// At most this many runs.
@@ -323,4 +469,57 @@ pub struct Backoff {
     pub base: Duration,
     /// The longest delay.
     pub max: Duration,
+}
+
+/// The answer to a start whose idempotency key `key` already belongs to run `existing` with
+/// `(workflow, input)`: that run, when the start asks for the same thing.
+fn same_start(
+    key: &str,
+    existing: RunId,
+    (workflow, input): (&str, &Value),
+    new: &NewRun,
+) -> Result<Created> {
+    if workflow == new.workflow && *input == new.input {
+        Ok(Created {
+            id: existing,
+            existing: true,
+        })
+    } else {
+        Err(Error::Conflict(format!(
+            "idempotency key {key:?} already started run {existing} with a different workflow or input"
+        )))
+    }
+}
+
+/// Builds the claimed tasks, in claim order, each with its journal (`journal` is ordered by
+/// run, then position).
+fn tasks(
+    claimed: Vec<(RunId, String, sqlx::types::Json<Value>, i32, Uuid)>,
+    journal: Vec<(RunId, String, i32, sqlx::types::Json<Value>)>,
+    lease_expires_at: DateTime<Utc>,
+) -> Vec<Task> {
+    let mut by_run: std::collections::HashMap<RunId, Vec<crate::model::JournalEntry>> =
+        std::collections::HashMap::with_capacity(claimed.len());
+    for (run_id, key, position, output) in journal {
+        by_run
+            .entry(run_id)
+            .or_default()
+            .push(crate::model::JournalEntry {
+                key,
+                position,
+                output: output.0,
+            });
+    }
+    claimed
+        .into_iter()
+        .map(|(run_id, workflow, input, attempt, lease_token)| Task {
+            run_id,
+            workflow,
+            input: input.0,
+            attempt,
+            lease_token,
+            lease_expires_at,
+            journal: by_run.remove(&run_id).unwrap_or_default(),
+        })
+        .collect()
 }

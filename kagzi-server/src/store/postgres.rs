@@ -18,9 +18,12 @@ use sqlx::types::Json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Backoff, Error, NewRun, NewWorker, Result, RunFilter, StepReport, Store};
+use super::{
+    Backoff, Created, Error, NewRun, NewWorker, Result, RunFilter, StepReport, Store, Suspend,
+    far_future, retry_after,
+};
 use crate::engine::wakeup::Wakeups;
-use crate::model::{JournalEntry, Lease, Run, RunId, Step, Task, Worker, WorkerId};
+use crate::model::{Lease, RetryPolicy, Run, RunId, RunStatus, Step, Task, Worker, WorkerId};
 
 /// The `NOTIFY` channel that says "a run on this queue may be due" (payload: the queue).
 pub const QUEUE_CHANNEL: &str = "kagzi_queue";
@@ -31,7 +34,7 @@ pub const RUN_DONE_CHANNEL: &str = "kagzi_run_done";
 macro_rules! run_columns {
     () => {
         "id, workflow, queue, status, input, output, error, attempts, retries, created_at, \
-         started_at, finished_at"
+         started_at, finished_at, wake_at, waiting_for, parent_id, idempotency_key, deadline_at"
     };
 }
 
@@ -167,16 +170,18 @@ impl Store for PgStore {
         }
     }
 
-    async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<RunId> {
+    async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<Created> {
         let id = RunId::new();
-        sqlx::query(
+        let inserted: Option<(RunId,)> = sqlx::query_as(
             r"with inserted as (
                   insert into kagzi.runs
-                      (id, workflow, queue, status, input, retries, available_at, created_at, updated_at)
-                  values ($1, $2, $3, 'pending', $4, $5, $6, $7, $7)
-                  returning queue
+                      (id, workflow, queue, status, input, retries, available_at, created_at,
+                       updated_at, parent_id, idempotency_key, deadline_at, retry_policy)
+                  values ($1, $2, $3, 'pending', $4, $5, $6, $7, $7, $9, $10, $11, $12)
+                  on conflict (idempotency_key) where idempotency_key is not null do nothing
+                  returning id, queue
               )
-              select pg_notify($8, queue) from inserted",
+              select id from inserted, pg_notify($8, queue)",
         )
         .bind(id)
         .bind(&new.workflow)
@@ -186,9 +191,25 @@ impl Store for PgStore {
         .bind(new.available_at.max(now))
         .bind(now)
         .bind(QUEUE_CHANNEL)
-        .execute(&self.pool)
+        .bind(new.parent_id)
+        .bind(new.idempotency_key.as_deref())
+        .bind(new.deadline_at)
+        .bind(new.retry_policy.as_ref().map(Json))
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(id)
+        if inserted.is_some() {
+            return Ok(Created {
+                id,
+                existing: false,
+            });
+        }
+        let key = new.idempotency_key.as_deref().unwrap_or_default();
+        let (existing, workflow, Json(input)): (RunId, String, Json<Value>) =
+            sqlx::query_as("select id, workflow, input from kagzi.runs where idempotency_key = $1")
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?;
+        super::same_start(key, existing, (&workflow, &input), new)
     }
 
     async fn get_run(&self, id: RunId) -> Result<Run> {
@@ -205,13 +226,14 @@ impl Store for PgStore {
 
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
         let runs = sqlx::query_as::<_, Run>(concat!(
-            r"select ",
+            "select ",
             run_columns!(),
             r" from kagzi.runs
               where ($1::text is null or workflow = $1)
                 and ($2::text is null or queue = $2)
                 and ($3::text is null or status = $3)
                 and ($4::uuid is null or id < $4)
+                and ($6::uuid is null or parent_id = $6)
               order by id desc
               limit $5"
         ))
@@ -220,6 +242,7 @@ impl Store for PgStore {
         .bind(filter.status.map(|s| s.as_str()))
         .bind(filter.before)
         .bind(i64::from(filter.limit))
+        .bind(filter.parent_id)
         .fetch_all(&self.pool)
         .await?;
         Ok(runs)
@@ -241,33 +264,40 @@ impl Store for PgStore {
     }
 
     async fn cancel_run(&self, id: RunId, now: DateTime<Utc>) -> Result<Run> {
-        let run = sqlx::query_as::<_, Run>(concat!(
-            r"with cancelled as (
+        let mut tx = self.pool.begin().await?;
+        let cancelled: Vec<(RunId,)> = sqlx::query_as(
+            r"with recursive tree as (
+                  select id from kagzi.runs where id = $1
+                  union all
+                  select r.id from kagzi.runs r join tree t on r.parent_id = t.id
+              ),
+              cancelled as (
                   update kagzi.runs
                   set status = 'cancelled', finished_at = $2, updated_at = $2,
-                      lease_token = null, lease_expires_at = null
-                  where id = $1 and status in ('pending', 'running')
-                  returning *
+                      lease_token = null, lease_expires_at = null, wake_at = null,
+                      waiting_for = null
+                  where id in (select id from tree)
+                    and status in ('pending', 'running', 'sleeping', 'waiting')
+                  returning id
               )
-              select ",
-            run_columns!(),
-            r", pg_notify($3, id::text)::text as notified from cancelled"
-        ))
+              select id from cancelled, pg_notify($3, id::text)",
+        )
         .bind(id)
         .bind(now)
         .bind(RUN_DONE_CHANNEL)
-        .fetch_optional(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        match run {
-            Some(run) => Ok(run),
-            None => {
-                let run = self.get_run(id).await?;
-                Err(Error::Conflict(format!(
-                    "run {id} already ended as {}",
-                    run.status
-                )))
-            }
+        if !cancelled.iter().any(|(c,)| *c == id) {
+            drop(tx);
+            let run = self.get_run(id).await?;
+            return Err(Error::Conflict(format!(
+                "run {id} already ended as {}",
+                run.status
+            )));
         }
+        wake_parent(&mut tx, id, now).await?;
+        tx.commit().await?;
+        self.get_run(id).await
     }
 
     async fn register_worker(&self, new: &NewWorker, now: DateTime<Utc>) -> Result<WorkerId> {
@@ -374,8 +404,8 @@ impl Store for PgStore {
         let claimed: Vec<(RunId, String, Json<Value>, i32, Uuid)> = sqlx::query_as(
             r"with due as (
                   select id from kagzi.runs
-                  where status = 'pending' and queue = $1 and workflow = any($2)
-                    and available_at <= $3
+                  where status in ('pending', 'sleeping', 'waiting') and queue = $1
+                    and workflow = any($2) and available_at <= $3
                   order by available_at, id
                   limit $4
                   for update skip locked
@@ -383,7 +413,7 @@ impl Store for PgStore {
               update kagzi.runs r
               set status = 'running', attempts = r.attempts + 1, lease_token = gen_random_uuid(),
                   lease_expires_at = $5, worker_id = $6, started_at = coalesce(r.started_at, $3),
-                  updated_at = $3
+                  updated_at = $3, wake_at = null, waiting_for = null
               from due where r.id = due.id
               returning r.id, r.workflow, r.input, r.attempts, r.lease_token",
         )
@@ -407,34 +437,14 @@ impl Store for PgStore {
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
-        let mut tasks: Vec<Task> = claimed
-            .into_iter()
-            .map(|(run_id, workflow, input, attempt, lease_token)| Task {
-                run_id,
-                workflow,
-                input: input.0,
-                attempt,
-                lease_token,
-                lease_expires_at,
-                journal: Vec::new(),
-            })
-            .collect();
-        for (run_id, key, position, output) in journal {
-            if let Some(task) = tasks.iter_mut().find(|t| t.run_id == run_id) {
-                task.journal.push(JournalEntry {
-                    key,
-                    position,
-                    output: output.0,
-                });
-            }
-        }
-        Ok(tasks)
+        Ok(super::tasks(claimed, journal, lease_expires_at))
     }
 
     async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
         let next: Option<DateTime<Utc>> = sqlx::query_scalar(
             r"select min(available_at) from kagzi.runs
-              where status = 'pending' and queue = $1 and workflow = any($2)",
+              where status in ('pending', 'sleeping', 'waiting') and queue = $1
+                and workflow = any($2)",
         )
         .bind(&worker.queue)
         .bind(&worker.workflows)
@@ -513,6 +523,7 @@ impl Store for PgStore {
         output: &Value,
         now: DateTime<Utc>,
     ) -> Result<Run> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query_as::<_, Run>(concat!(
             r"with done as (
                   update kagzi.runs
@@ -531,12 +542,15 @@ impl Store for PgStore {
         .bind(Json(output))
         .bind(now)
         .bind(RUN_DONE_CHANNEL)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        match done {
-            Some(run) => Ok(run),
-            None => Err(self.lease_error(run, lease_token, now).await),
-        }
+        let Some(done) = done else {
+            drop(tx);
+            return Err(self.lease_error(run, lease_token, now).await);
+        };
+        wake_parent(&mut tx, run, now).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     async fn fail_run(
@@ -548,41 +562,258 @@ impl Store for PgStore {
         backoff: Backoff,
         now: DateTime<Utc>,
     ) -> Result<Run> {
-        let failed = sqlx::query_as::<_, Run>(concat!(
-            r"with failed as (
-                  update kagzi.runs
-                  set status = case when $4 and attempts <= retries then 'pending' else 'failed' end,
-                      available_at = $5 + make_interval(secs =>
-                          least($7::float8, $6::float8 * power(2, greatest(attempts - 1, 0)))
-                          * (0.8 + random() * 0.4)),
-                      finished_at = case when $4 and attempts <= retries then null else $5 end,
-                      error = $3, updated_at = $5, lease_token = null, lease_expires_at = null
-                  where id = $1 and lease_token = $2 and status = 'running'
-                    and lease_expires_at > $5
-                  returning *
-              )
-              select ",
-            run_columns!(),
-            r",
-                     case when status = 'pending' then pg_notify($8, queue)
-                          else pg_notify($9, id::text) end::text as notified
-              from failed"
-        ))
+        let mut tx = self.pool.begin().await?;
+        let held: Option<(i32, i32, Option<Json<RetryPolicy>>)> = sqlx::query_as(
+            r"select attempts, retries, retry_policy from kagzi.runs
+              where id = $1 and lease_token = $2 and status = 'running' and lease_expires_at > $3
+              for update",
+        )
         .bind(run)
         .bind(lease_token)
-        .bind(error)
-        .bind(retryable)
         .bind(now)
-        .bind(backoff.base.as_secs_f64())
-        .bind(backoff.max.as_secs_f64())
-        .bind(QUEUE_CHANNEL)
-        .bind(RUN_DONE_CHANNEL)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        match failed {
-            Some(run) => Ok(run),
-            None => Err(self.lease_error(run, lease_token, now).await),
+        let Some((attempts, retries, policy)) = held else {
+            drop(tx);
+            return Err(self.lease_error(run, lease_token, now).await);
+        };
+        let retry = retry_after(
+            attempts,
+            retries,
+            policy.as_ref().map(|p| &p.0),
+            error,
+            retryable,
+            backoff,
+        );
+        let available_at =
+            now + chrono::Duration::from_std(retry.unwrap_or_default()).unwrap_or_default();
+        let failed = sqlx::query_as::<_, Run>(concat!(
+            r"update kagzi.runs
+              set status = case when $3 then 'pending' else 'failed' end,
+                  available_at = $4,
+                  finished_at = case when $3 then null else $5 end,
+                  error = $2, updated_at = $5, lease_token = null, lease_expires_at = null
+              where id = $1
+              returning ",
+            run_columns!()
+        ))
+        .bind(run)
+        .bind(error)
+        .bind(retry.is_some())
+        .bind(available_at)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        if retry.is_some() {
+            notify(&mut tx, QUEUE_CHANNEL, &failed.queue).await?;
+        } else {
+            notify(&mut tx, RUN_DONE_CHANNEL, &run.to_string()).await?;
+            wake_parent(&mut tx, run, now).await?;
         }
+        tx.commit().await?;
+        Ok(failed)
+    }
+
+    async fn suspend_run(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        suspend: &Suspend,
+        now: DateTime<Utc>,
+    ) -> Result<Run> {
+        let mut tx = self.pool.begin().await?;
+        let held: Option<(String,)> = sqlx::query_as(
+            r"select queue from kagzi.runs
+              where id = $1 and lease_token = $2 and status = 'running' and lease_expires_at > $3
+              for update",
+        )
+        .bind(run)
+        .bind(lease_token)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((queue,)) = held else {
+            drop(tx);
+            return Err(self.lease_error(run, lease_token, now).await);
+        };
+        let signal_waiting = match &suspend.signal {
+            Some(name) => {
+                sqlx::query_scalar::<_, bool>(
+                    r"select exists (select 1 from kagzi.signals
+                                 where run_id = $1 and name = $2 and consumed_key is null)",
+                )
+                .bind(run)
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+            None => false,
+        };
+        let child_ended = match suspend.child {
+            Some(child) => sqlx::query_scalar::<_, bool>(
+                r"select status in ('completed', 'failed', 'cancelled') from kagzi.runs
+                  where id = $1",
+            )
+            .bind(child)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(true),
+            None => false,
+        };
+        let timer_passed = suspend.until.is_some_and(|until| until <= now);
+        let ready = signal_waiting || child_ended || timer_passed;
+        let (status, available_at) = if ready {
+            (RunStatus::Pending, now)
+        } else {
+            (suspend.status(), suspend.until.unwrap_or_else(far_future))
+        };
+        let suspended = sqlx::query_as::<_, Run>(concat!(
+            r"update kagzi.runs
+              set status = $2, available_at = $3, wake_at = $4, waiting_for = $5, updated_at = $6,
+                  lease_token = null, lease_expires_at = null
+              where id = $1
+              returning ",
+            run_columns!()
+        ))
+        .bind(run)
+        .bind(status)
+        .bind(available_at)
+        .bind(if ready { None } else { suspend.until })
+        .bind(if ready { None } else { suspend.waiting_for() })
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        // Pollers recompute when to wake; a due run is claimed at once.
+        notify(&mut tx, QUEUE_CHANNEL, &queue).await?;
+        tx.commit().await?;
+        Ok(suspended)
+    }
+
+    async fn send_signal(
+        &self,
+        run: RunId,
+        name: &str,
+        payload: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let target: Option<(RunStatus, String)> =
+            sqlx::query_as("select status, queue from kagzi.runs where id = $1 for update")
+                .bind(run)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (status, queue) = target.ok_or_else(|| not_found(run))?;
+        if status.is_terminal() {
+            return Err(Error::Conflict(format!(
+                "run {run} already ended as {status}; only a run that has not ended takes signals"
+            )));
+        }
+        sqlx::query(
+            "insert into kagzi.signals (run_id, name, payload, created_at) values ($1, $2, $3, $4)",
+        )
+        .bind(run)
+        .bind(name)
+        .bind(Json(payload))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if status == RunStatus::Waiting {
+            sqlx::query(
+                r"update kagzi.runs
+                  set status = 'pending', available_at = $2, wake_at = null, waiting_for = null,
+                      updated_at = $2
+                  where id = $1",
+            )
+            .bind(run)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            notify(&mut tx, QUEUE_CHANNEL, &queue).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn receive_signal(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        name: &str,
+        key: &str,
+        position: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Step>> {
+        let mut tx = self.pool.begin().await?;
+        let held: Option<(RunId,)> = sqlx::query_as(
+            r"select id from kagzi.runs
+              where id = $1 and lease_token = $2 and status = 'running' and lease_expires_at > $3
+              for update",
+        )
+        .bind(run)
+        .bind(lease_token)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            drop(tx);
+            return Err(self.lease_error(run, lease_token, now).await);
+        }
+        let step = sqlx::query_as::<_, Step>(
+            r"with next as (
+                  select id, payload from kagzi.signals
+                  where run_id = $1 and name = $2 and consumed_key is null
+                  order by id limit 1
+                  for update
+              ),
+              consumed as (
+                  update kagzi.signals s set consumed_key = $3 from next
+                  where s.id = next.id
+                  returning s.payload
+              )
+              insert into kagzi.steps
+                  (run_id, key, position, status, output, attempts, created_at, finished_at)
+              select $1, $3, $4, 'completed', jsonb_build_object('payload', payload), 1, $5, $5
+              from consumed
+              on conflict (run_id, key) do update set status = 'completed',
+                  output = excluded.output, finished_at = excluded.finished_at
+              returning key, position, status, output, error, attempts, created_at, finished_at",
+        )
+        .bind(run)
+        .bind(name)
+        .bind(key)
+        .bind(to_i32(position))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(step)
+    }
+
+    async fn expire_deadlines(&self, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<(RunId, Option<RunId>)> = sqlx::query_as(
+            r"with expired as (
+                  select id from kagzi.runs
+                  where deadline_at < $1
+                    and status in ('pending', 'running', 'sleeping', 'waiting')
+                  for update skip locked
+              )
+              update kagzi.runs r
+              set status = 'failed', finished_at = $1, updated_at = $1,
+                  error = 'run timed out: its deadline passed at ' || r.deadline_at::text,
+                  lease_token = null, lease_expires_at = null, wake_at = null, waiting_for = null
+              from expired where r.id = expired.id
+              returning r.id, r.parent_id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (run, _) in &expired {
+            notify(&mut tx, RUN_DONE_CHANNEL, &run.to_string()).await?;
+            wake_parent(&mut tx, *run, now).await?;
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64> {
@@ -618,6 +849,38 @@ impl Store for PgStore {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Sends a notification on `channel`, delivered when the transaction commits.
+async fn notify(conn: &mut PgConnection, channel: &str, payload: &str) -> Result<()> {
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Makes the parent of `child` due again if it is waiting (for this child or anything else:
+/// a woken run that finds nothing to continue with suspends again).
+async fn wake_parent(conn: &mut PgConnection, child: RunId, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        r"with woken as (
+              update kagzi.runs p
+              set status = 'pending', available_at = $2, wake_at = null, waiting_for = null,
+                  updated_at = $2
+              from kagzi.runs c
+              where c.id = $1 and p.id = c.parent_id and p.status = 'waiting'
+              returning p.queue
+          )
+          select pg_notify($3, queue) from woken",
+    )
+    .bind(child)
+    .bind(now)
+    .bind(QUEUE_CHANNEL)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn not_found(id: RunId) -> Error {

@@ -23,15 +23,18 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Backoff, Error, NewRun, NewWorker, Result, RunFilter, StepReport, Store, retry_delay};
+use super::{
+    Backoff, Created, Error, NewRun, NewWorker, Result, RunFilter, StepReport, Store, Suspend,
+    far_future, retry_after,
+};
 use crate::engine::wakeup::Wakeups;
-use crate::model::{JournalEntry, Lease, Run, RunId, Step, Task, Worker, WorkerId};
+use crate::model::{Lease, RetryPolicy, Run, RunId, RunStatus, Step, Task, Worker, WorkerId};
 
 /// The columns of [`Run`], as a literal so statements stay literal SQL.
 macro_rules! run_columns {
     () => {
         "id, workflow, queue, status, input, output, error, attempts, retries, created_at, \
-         started_at, finished_at"
+         started_at, finished_at, wake_at, waiting_for, parent_id, idempotency_key, deadline_at"
     };
 }
 
@@ -185,12 +188,14 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<RunId> {
+    async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<Created> {
         let id = RunId::new();
-        sqlx::query(
+        let inserted = sqlx::query(
             r"insert into runs
-                  (id, workflow, queue, status, input, retries, available_at, created_at, updated_at)
-              values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7)",
+                  (id, workflow, queue, status, input, retries, available_at, created_at, updated_at,
+                   parent_id, idempotency_key, deadline_at, retry_policy)
+              values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)
+              on conflict (idempotency_key) where idempotency_key is not null do nothing",
         )
         .bind(id)
         .bind(&new.workflow)
@@ -199,10 +204,26 @@ impl Store for SqliteStore {
         .bind(i64::from(new.retries))
         .bind(new.available_at.max(now))
         .bind(now)
+        .bind(new.parent_id)
+        .bind(new.idempotency_key.as_deref())
+        .bind(new.deadline_at)
+        .bind(new.retry_policy.as_ref().map(Json))
         .execute(&self.pool)
         .await?;
-        self.notify(Note::Queue(new.queue.clone()));
-        Ok(id)
+        if inserted.rows_affected() == 1 {
+            self.notify(Note::Queue(new.queue.clone()));
+            return Ok(Created {
+                id,
+                existing: false,
+            });
+        }
+        let key = new.idempotency_key.as_deref().unwrap_or_default();
+        let (existing, workflow, Json(input)): (RunId, String, Json<Value>) =
+            sqlx::query_as("select id, workflow, input from runs where idempotency_key = ?1")
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?;
+        super::same_start(key, existing, (&workflow, &input), new)
     }
 
     async fn get_run(&self, id: RunId) -> Result<Run> {
@@ -226,6 +247,7 @@ impl Store for SqliteStore {
                 and (?2 is null or queue = ?2)
                 and (?3 is null or status = ?3)
                 and (?4 is null or id < ?4)
+                and (?6 is null or parent_id = ?6)
               order by id desc
               limit ?5"
         ))
@@ -234,6 +256,7 @@ impl Store for SqliteStore {
         .bind(filter.status.map(|s| s.as_str()))
         .bind(filter.before)
         .bind(i64::from(filter.limit))
+        .bind(filter.parent_id)
         .fetch_all(&self.pool)
         .await?;
         Ok(runs)
@@ -255,31 +278,41 @@ impl Store for SqliteStore {
     }
 
     async fn cancel_run(&self, id: RunId, now: DateTime<Utc>) -> Result<Run> {
-        let run = sqlx::query_as::<_, Run>(concat!(
+        let mut tx = self.pool.begin().await?;
+        let cancelled: Vec<RunId> = sqlx::query_scalar(
             r"update runs
               set status = 'cancelled', finished_at = ?2, updated_at = ?2,
-                  lease_token = null, lease_expires_at = null
-              where id = ?1 and status in ('pending', 'running')
-              returning ",
-            run_columns!()
-        ))
+                  lease_token = null, lease_expires_at = null, wake_at = null, waiting_for = null
+              where status in ('pending', 'running', 'sleeping', 'waiting')
+                and id in (
+                  with recursive tree(id) as (
+                      select id from runs where id = ?1
+                      union all
+                      select r.id from runs r join tree t on r.parent_id = t.id
+                  )
+                  select id from tree
+              )
+              returning id",
+        )
         .bind(id)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        match run {
-            Some(run) => {
-                self.notify(Note::RunDone(id));
-                Ok(run)
-            }
-            None => {
-                let run = self.get_run(id).await?;
-                Err(Error::Conflict(format!(
-                    "run {id} already ended as {}",
-                    run.status
-                )))
-            }
+        if !cancelled.contains(&id) {
+            drop(tx);
+            let run = self.get_run(id).await?;
+            return Err(Error::Conflict(format!(
+                "run {id} already ended as {}",
+                run.status
+            )));
         }
+        let parent_queue = wake_parent(&mut tx, id, now).await?;
+        tx.commit().await?;
+        for run in cancelled {
+            self.notify(Note::RunDone(run));
+        }
+        self.notify_queues(parent_queue.into_iter().collect());
+        self.get_run(id).await
     }
 
     async fn register_worker(&self, new: &NewWorker, now: DateTime<Utc>) -> Result<WorkerId> {
@@ -398,10 +431,10 @@ impl Store for SqliteStore {
                 r"update runs
               set status = 'running', attempts = attempts + 1, lease_token = randomblob(16),
                   lease_expires_at = ?5, worker_id = ?6, started_at = coalesce(started_at, ?3),
-                  updated_at = ?3
+                  updated_at = ?3, wake_at = null, waiting_for = null
               where id in (
                   select id from runs
-                  where status = 'pending' and queue = ?1
+                  where status in ('pending', 'sleeping', 'waiting') and queue = ?1
                     and workflow in (select value from json_each(?2))
                     and available_at <= ?3
                   order by available_at, id
@@ -432,34 +465,17 @@ impl Store for SqliteStore {
         let journal: Vec<(RunId, String, i32, Json<Value>)> =
             journal_query.build_query_as().fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        let mut tasks: Vec<Task> = claimed
+        let claimed = claimed
             .into_iter()
-            .map(|(run_id, workflow, input, attempt, lease_token, _)| Task {
-                run_id,
-                workflow,
-                input: input.0,
-                attempt,
-                lease_token,
-                lease_expires_at,
-                journal: Vec::new(),
-            })
+            .map(|(id, workflow, input, attempt, token, _)| (id, workflow, input, attempt, token))
             .collect();
-        for (run_id, key, position, output) in journal {
-            if let Some(task) = tasks.iter_mut().find(|t| t.run_id == run_id) {
-                task.journal.push(JournalEntry {
-                    key,
-                    position,
-                    output: output.0,
-                });
-            }
-        }
-        Ok(tasks)
+        Ok(super::tasks(claimed, journal, lease_expires_at))
     }
 
     async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
         let next: Option<DateTime<Utc>> = sqlx::query_scalar(
             r"select min(available_at) from runs
-              where status = 'pending' and queue = ?1
+              where status in ('pending', 'sleeping', 'waiting') and queue = ?1
                 and workflow in (select value from json_each(?2))",
         )
         .bind(&worker.queue)
@@ -526,6 +542,7 @@ impl Store for SqliteStore {
         output: &Value,
         now: DateTime<Utc>,
     ) -> Result<Run> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query_as::<_, Run>(concat!(
             r"update runs
               set status = 'completed', output = ?3, error = null, finished_at = ?4,
@@ -538,18 +555,17 @@ impl Store for SqliteStore {
         .bind(lease_token)
         .bind(Json(output))
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        match done {
-            Some(done) => {
-                self.notify(Note::RunDone(run));
-                Ok(done)
-            }
-            None => Err(lease_error(
-                Self::ensure_lease(&self.pool, run, lease_token, now).await,
-                run,
-            )),
-        }
+        let Some(done) = done else {
+            let check = Self::ensure_lease(&mut *tx, run, lease_token, now).await;
+            return Err(lease_error(check, run));
+        };
+        let parent_queue = wake_parent(&mut tx, run, now).await?;
+        tx.commit().await?;
+        self.notify(Note::RunDone(run));
+        self.notify_queues(parent_queue.into_iter().collect());
+        Ok(done)
     }
 
     async fn fail_run(
@@ -563,14 +579,21 @@ impl Store for SqliteStore {
     ) -> Result<Run> {
         let mut tx = self.pool.begin().await?;
         Self::ensure_lease(&mut *tx, run, lease_token, now).await?;
-        let (attempts, retries): (i32, i32) =
-            sqlx::query_as("select attempts, retries from runs where id = ?1")
+        let (attempts, retries, policy): (i32, i32, Option<Json<RetryPolicy>>) =
+            sqlx::query_as("select attempts, retries, retry_policy from runs where id = ?1")
                 .bind(run)
                 .fetch_one(&mut *tx)
                 .await?;
-        let retry = retryable && attempts <= retries;
-        let delay = retry_delay(backoff, attempts, rand::random::<f64>());
-        let available_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        let retry = retry_after(
+            attempts,
+            retries,
+            policy.as_ref().map(|p| &p.0),
+            error,
+            retryable,
+            backoff,
+        );
+        let available_at =
+            now + chrono::Duration::from_std(retry.unwrap_or_default()).unwrap_or_default();
         let failed = sqlx::query_as::<_, Run>(concat!(
             r"update runs
               set status = case when ?3 then 'pending' else 'failed' end,
@@ -583,18 +606,205 @@ impl Store for SqliteStore {
         ))
         .bind(run)
         .bind(error)
-        .bind(retry)
+        .bind(retry.is_some())
         .bind(available_at)
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
+        let parent_queue = if retry.is_some() {
+            None
+        } else {
+            wake_parent(&mut tx, run, now).await?
+        };
         tx.commit().await?;
-        if retry {
+        if retry.is_some() {
             self.notify(Note::Queue(failed.queue.clone()));
         } else {
             self.notify(Note::RunDone(run));
+            self.notify_queues(parent_queue.into_iter().collect());
         }
         Ok(failed)
+    }
+
+    async fn suspend_run(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        suspend: &Suspend,
+        now: DateTime<Utc>,
+    ) -> Result<Run> {
+        let mut tx = self.pool.begin().await?;
+        Self::ensure_lease(&mut *tx, run, lease_token, now).await?;
+        let signal_waiting = match &suspend.signal {
+            Some(name) => {
+                sqlx::query_scalar::<_, bool>(
+                    r"select exists (select 1 from signals
+                                 where run_id = ?1 and name = ?2 and consumed_key is null)",
+                )
+                .bind(run)
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+            None => false,
+        };
+        let child_ended = match suspend.child {
+            Some(child) => sqlx::query_scalar::<_, bool>(
+                "select status in ('completed', 'failed', 'cancelled') from runs where id = ?1",
+            )
+            .bind(child)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(true),
+            None => false,
+        };
+        let timer_passed = suspend.until.is_some_and(|until| until <= now);
+        let ready = signal_waiting || child_ended || timer_passed;
+        let (status, available_at) = if ready {
+            (RunStatus::Pending, now)
+        } else {
+            (suspend.status(), suspend.until.unwrap_or_else(far_future))
+        };
+        let suspended = sqlx::query_as::<_, Run>(concat!(
+            r"update runs
+              set status = ?2, available_at = ?3, wake_at = ?4, waiting_for = ?5, updated_at = ?6,
+                  lease_token = null, lease_expires_at = null
+              where id = ?1
+              returning ",
+            run_columns!()
+        ))
+        .bind(run)
+        .bind(status)
+        .bind(available_at)
+        .bind(if ready { None } else { suspend.until })
+        .bind(if ready { None } else { suspend.waiting_for() })
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.notify(Note::Queue(suspended.queue.clone()));
+        Ok(suspended)
+    }
+
+    async fn send_signal(
+        &self,
+        run: RunId,
+        name: &str,
+        payload: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let target: Option<(RunStatus, String)> =
+            sqlx::query_as("select status, queue from runs where id = ?1")
+                .bind(run)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (status, queue) = target.ok_or_else(|| Error::NotFound(format!("run {run}")))?;
+        if status.is_terminal() {
+            return Err(Error::Conflict(format!(
+                "run {run} already ended as {status}; only a run that has not ended takes signals"
+            )));
+        }
+        sqlx::query(
+            "insert into signals (run_id, name, payload, created_at) values (?1, ?2, ?3, ?4)",
+        )
+        .bind(run)
+        .bind(name)
+        .bind(Json(payload))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let woken = status == RunStatus::Waiting;
+        if woken {
+            sqlx::query(
+                r"update runs
+                  set status = 'pending', available_at = ?2, wake_at = null, waiting_for = null,
+                      updated_at = ?2
+                  where id = ?1",
+            )
+            .bind(run)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        if woken {
+            self.notify(Note::Queue(queue));
+        }
+        Ok(())
+    }
+
+    async fn receive_signal(
+        &self,
+        run: RunId,
+        lease_token: Uuid,
+        name: &str,
+        key: &str,
+        position: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Step>> {
+        let mut tx = self.pool.begin().await?;
+        Self::ensure_lease(&mut *tx, run, lease_token, now).await?;
+        let next: Option<(i64, Json<Value>)> = sqlx::query_as(
+            r"select id, payload from signals
+              where run_id = ?1 and name = ?2 and consumed_key is null
+              order by id limit 1",
+        )
+        .bind(run)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((signal, Json(payload))) = next else {
+            return Ok(None);
+        };
+        sqlx::query("update signals set consumed_key = ?2 where id = ?1")
+            .bind(signal)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        let step = sqlx::query_as::<_, Step>(concat!(
+            r"insert into steps
+                  (run_id, key, position, status, output, attempts, created_at, finished_at)
+              values (?1, ?2, ?3, 'completed', ?4, 1, ?5, ?5)
+              on conflict (run_id, key) do update set status = 'completed',
+                  output = excluded.output, finished_at = excluded.finished_at
+              returning ",
+            step_columns!()
+        ))
+        .bind(run)
+        .bind(key)
+        .bind(i64::from(position))
+        .bind(Json(serde_json::json!({ "payload": payload })))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(step))
+    }
+
+    async fn expire_deadlines(&self, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<RunId> = sqlx::query_scalar(
+            r"update runs
+              set status = 'failed', finished_at = ?1, updated_at = ?1,
+                  error = 'run timed out: its deadline passed at ' || deadline_at,
+                  lease_token = null, lease_expires_at = null, wake_at = null, waiting_for = null
+              where deadline_at < ?1 and status in ('pending', 'running', 'sleeping', 'waiting')
+              returning id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut queues = Vec::new();
+        for run in &expired {
+            queues.extend(wake_parent(&mut tx, *run, now).await?);
+        }
+        tx.commit().await?;
+        for run in &expired {
+            self.notify(Note::RunDone(*run));
+        }
+        self.notify_queues(queues);
+        Ok(expired.len() as u64)
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64> {
@@ -622,6 +832,27 @@ impl Store for SqliteStore {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Makes the parent of `child` due again if it is waiting (a woken run that finds nothing to
+/// continue with suspends again). Returns the parent's queue when it was woken.
+async fn wake_parent(
+    conn: &mut sqlx::SqliteConnection,
+    child: RunId,
+    now: DateTime<Utc>,
+) -> Result<Option<String>> {
+    let queue: Option<String> = sqlx::query_scalar(
+        r"update runs
+          set status = 'pending', available_at = ?2, wake_at = null, waiting_for = null,
+              updated_at = ?2
+          where status = 'waiting' and id = (select parent_id from runs where id = ?1)
+          returning queue",
+    )
+    .bind(child)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(queue)
 }
 
 /// Explains why a fenced update matched no row, given the lease check that followed it.
