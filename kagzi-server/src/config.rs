@@ -1,12 +1,15 @@
 //! Server configuration: every setting is a `--flag` with a `KAGZI_*` environment twin.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
 
-/// How the server is configured.
-#[derive(Debug, Clone, Parser)]
+/// How the server is configured. Its `Debug` output shows neither the API keys nor the
+/// database password.
+#[derive(Clone, Parser)]
 #[command(
     name = "kagzi-server",
     version,
@@ -14,8 +17,23 @@ use clap::Parser;
 )]
 pub struct Config {
     /// PostgreSQL URL, e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
-    #[arg(long, env = "KAGZI_DB_URL")]
+    #[arg(long, env = "KAGZI_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
+
+    /// API keys: when any is set, every `/v1` request needs `Authorization: Bearer <key>`.
+    /// Several keys, comma-separated, are all accepted (to rotate keys without downtime).
+    /// Prefer the environment variable: a flag shows in the process list.
+    #[arg(
+        long = "api-key",
+        env = "KAGZI_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<ApiKey>,
+
+    /// Print the OpenAPI document (JSON) to standard output and exit, without serving.
+    #[arg(long)]
+    pub print_openapi: bool,
 
     /// The address to listen on.
     #[arg(long, env = "KAGZI_SERVER_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
@@ -59,7 +77,77 @@ pub struct Config {
     pub poll_recheck_ms: u64,
 }
 
+/// One API key. It is kept out of every `Debug` and `Display` output and out of logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The key itself, to compare with a request's credentials.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl FromStr for ApiKey {
+    type Err = std::convert::Infallible;
+
+    /// Surrounding whitespace is dropped (`KAGZI_API_KEY="a, b"` means keys `a` and `b`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.trim().to_owned()))
+    }
+}
+
+impl From<&str> for ApiKey {
+    fn from(s: &str) -> Self {
+        Self(s.trim().to_owned())
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("db_url", &self.db_url.as_deref().map(redact_password))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("api_keys", &self.api_keys)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("lease_ms", &self.lease_ms)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("watchdog_ms", &self.watchdog_ms)
+            .field("retry_base_ms", &self.retry_base_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .field("poll_recheck_ms", &self.poll_recheck_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced by `<redacted>`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
 impl Config {
+    /// The configured API keys, without empty entries (`KAGZI_API_KEY="a,,b,"`).
+    pub fn api_keys(&self) -> impl Iterator<Item = &ApiKey> {
+        self.api_keys.iter().filter(|k| !k.0.is_empty())
+    }
+
     /// The configuration with every default and no database URL; for tests and embedding.
     pub fn defaults() -> Self {
         Self::parse_from(["kagzi-server"])
@@ -78,5 +166,28 @@ impl Config {
     /// A worker silent for this long is offline: three missed heartbeats.
     pub fn worker_timeout(&self) -> Duration {
         self.heartbeat() * 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_split_on_commas_and_never_show_in_debug() {
+        let config = Config::parse_from([
+            "kagzi-server",
+            "--api-key",
+            "first-secret, second-secret,,",
+            "--db-url",
+            "postgres://user:db-password@host/db",
+        ]);
+        let keys: Vec<&str> = config.api_keys().map(ApiKey::expose).collect();
+        assert_eq!(keys, ["first-secret", "second-secret"]);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(!debug.contains("db-password"), "{debug}");
+        assert!(debug.contains("postgres://user:<redacted>@host/db"), "{debug}");
+        assert!(debug.contains("ApiKey(<redacted>)"));
     }
 }

@@ -100,11 +100,39 @@ where
     }
 }
 
-/// Refuses `value` when its JSON encoding is longer than `limit` bytes.
+/// A value a request carries into the database.
+pub trait Payload: Serialize {
+    /// Whether any string in it (or, for JSON, any object key) holds U+0000, which
+    /// PostgreSQL cannot store in text or JSON.
+    fn has_nul(&self) -> bool;
+}
+
+impl Payload for String {
+    fn has_nul(&self) -> bool {
+        self.contains('\0')
+    }
+}
+
+impl Payload for serde_json::Value {
+    fn has_nul(&self) -> bool {
+        match self {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(Payload::has_nul),
+            serde_json::Value::Object(map) => map
+                .iter()
+                .any(|(k, v)| k.contains('\0') || v.has_nul()),
+            _ => false,
+        }
+    }
+}
+
+/// Refuses `value` when its JSON encoding is longer than `limit` bytes, or when it holds
+/// U+0000 (which the database cannot store).
 ///
 /// # Errors
-/// [`ApiError::PayloadTooLarge`] naming `what` and the limit.
-pub fn check_payload<T: Serialize>(what: &str, value: &T, limit: usize) -> Result<(), ApiError> {
+/// [`ApiError::PayloadTooLarge`] naming `what` and the limit; [`ApiError::InvalidBody`] for
+/// U+0000.
+pub fn check_payload<T: Payload>(what: &str, value: &T, limit: usize) -> Result<(), ApiError> {
     let mut counter = ByteCounter(0);
     // Writing to a counter cannot fail, and a serde_json::Value always serializes.
     let _ = serde_json::to_writer(&mut counter, value);
@@ -113,6 +141,11 @@ pub fn check_payload<T: Serialize>(what: &str, value: &T, limit: usize) -> Resul
             what: what.to_owned(),
             limit,
         });
+    }
+    if value.has_nul() {
+        return Err(ApiError::InvalidBody(format!(
+            "{what} must not contain U+0000 (the NUL character)"
+        )));
     }
     Ok(())
 }

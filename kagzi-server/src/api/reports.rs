@@ -7,25 +7,42 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::{ApiError, Result};
+use super::error::{ApiError, Problem, Result};
 use super::extract::{Json, Path, check_payload};
 use crate::model::{Run, RunId, Step, StepStatus};
 use crate::state::AppState;
 use crate::store::StepReport;
 
-/// `POST /v1/runs/{id}/steps` body.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/runs/{id}/steps` body: one step's outcome.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e",
+    "key": "greet",
+    "position": 0,
+    "status": "completed",
+    "output": "Hello, World!"
+}))]
 pub(crate) struct StepBody {
+    /// The lease token from the poll that claimed the run.
     lease_token: Uuid,
+    /// The step key: its name, plus `#n` for the n-th step of that name in the run.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S", example = "greet")]
     key: String,
+    /// The step's 0-based position in the run, in call order.
+    #[schema(maximum = 2147483647, example = 0)]
     position: u32,
+    /// `completed` (with `output`) or `failed` (with `error`).
     status: StepStatus,
+    /// The step's result, for a completed step (default `null`).
     #[serde(default)]
     output: Option<Value>,
+    /// The step's error, for a failed step.
     #[serde(default)]
     error: Option<String>,
+    /// How many attempts the step took (default 1).
     #[serde(default = "one")]
+    #[schema(default = 1, maximum = 2147483647, example = 1)]
     attempts: u32,
 }
 
@@ -33,18 +50,27 @@ fn one() -> u32 {
     1
 }
 
-/// Records a step outcome; answers with the journal entry as recorded (for a key that was
-/// already completed, the earlier record: first write wins).
+/// Records a step's outcome; answers with the journal entry as recorded. For a key that was
+/// already completed, that earlier record: the first result wins, and the worker continues
+/// with it.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/steps",
+    tag = "reports",
+    operation_id = "report_step",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    request_body = StepBody,
+    responses(
+        (status = 200, description = "The step as recorded.", body = Step),
+        (status = 409, description = "The run is not held under this lease (cancelled, reclaimed, ended): drop it.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(crate) async fn step(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     Json(body): Json<StepBody>,
 ) -> Result<Json<Step>> {
-    if body.key.is_empty() || body.key.len() > super::runs::MAX_NAME_LEN {
-        return Err(ApiError::InvalidBody(
-            "key must be 1 to 255 bytes long".to_owned(),
-        ));
-    }
+    super::runs::check_name("key", &body.key)?;
     let limit = state.config.max_payload_bytes;
     let (output, error) = match body.status {
         StepStatus::Completed => {
@@ -76,15 +102,30 @@ pub(crate) async fn step(
 }
 
 /// `POST /v1/runs/{id}/complete` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e", "output": {"message": "Hello, World!"}}))]
 pub(crate) struct CompleteBody {
+    /// The lease token from the poll that claimed the run.
     lease_token: Uuid,
+    /// The workflow's output (default `null`).
     #[serde(default)]
     output: Value,
 }
 
-/// Completes the run with its output.
+/// Completes the run with the workflow's output.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/complete",
+    tag = "reports",
+    operation_id = "complete_run",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, description = "The run, now completed.", body = Run),
+        (status = 409, description = "The run is not held under this lease (cancelled, reclaimed, ended).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(crate) async fn complete(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -99,13 +140,18 @@ pub(crate) async fn complete(
 }
 
 /// `POST /v1/runs/{id}/fail` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e", "error": "card declined", "retryable": true}))]
 pub(crate) struct FailBody {
+    /// The lease token from the poll that claimed the run.
     lease_token: Uuid,
+    /// What went wrong.
+    #[schema(example = "card declined")]
     error: String,
-    /// False for errors that a retry cannot fix; the run then fails at once.
+    /// False for errors that a retry cannot fix; the run then fails at once (default true).
     #[serde(default = "yes")]
+    #[schema(default = true)]
     retryable: bool,
 }
 
@@ -113,7 +159,20 @@ fn yes() -> bool {
     true
 }
 
-/// Fails the current attempt; the run is retried with backoff while retries remain.
+/// Fails the current attempt; the run is retried with backoff while retries remain (and
+/// the error is retryable), and fails for good otherwise.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/fail",
+    tag = "reports",
+    operation_id = "fail_run",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    request_body = FailBody,
+    responses(
+        (status = 200, description = "The run: `pending` again for a retry, or `failed`.", body = Run),
+        (status = 409, description = "The run is not held under this lease (cancelled, reclaimed, ended).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(crate) async fn fail(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,

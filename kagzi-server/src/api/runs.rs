@@ -2,16 +2,16 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, Result};
+use super::error::{ApiError, Problem, Result};
 use super::extract::{Json, Path, Query, check_payload};
 use crate::model::{Run, RunId, RunStatus, Step};
 use crate::state::AppState;
@@ -19,34 +19,47 @@ use crate::store::{NewRun, RunFilter};
 
 /// The longest a result long-poll waits.
 const MAX_RESULT_WAIT: Duration = Duration::from_secs(60);
-/// The longest name (workflow, queue) accepted.
+/// The longest name (workflow, queue, step key) accepted, in characters.
 pub(crate) const MAX_NAME_LEN: usize = 255;
+/// The longest start delay accepted: ten years, in milliseconds.
+const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 
 /// The routes of this resource.
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/runs", post(start).get(list))
-        .route("/v1/runs/{id}", get(show))
-        .route("/v1/runs/{id}/steps", get(steps).post(super::reports::step))
-        .route("/v1/runs/{id}/result", get(result))
-        .route("/v1/runs/{id}/cancel", post(cancel))
-        .route("/v1/runs/{id}/complete", post(super::reports::complete))
-        .route("/v1/runs/{id}/fail", post(super::reports::fail))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start, list))
+        .routes(routes!(show))
+        .routes(routes!(steps, super::reports::step))
+        .routes(routes!(result))
+        .routes(routes!(cancel))
+        .routes(routes!(super::reports::complete))
+        .routes(routes!(super::reports::fail))
 }
 
-/// `POST /v1/runs` body.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/runs` body: which workflow to run, on which queue, with what input.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"workflow": "greet", "input": {"name": "World"}}))]
 pub(crate) struct StartRun {
+    /// The name the workflow function is registered under on the workers.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S", example = "greet")]
     workflow: String,
+    /// The queue the run waits on; workers poll one queue each.
     #[serde(default = "default_queue")]
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S", default = "default", example = "default")]
     queue: String,
+    /// The workflow's input: any JSON value (default `null`), at most the payload limit
+    /// (2 MiB by default) as JSON.
     #[serde(default)]
+    #[schema(example = json!({"name": "World"}))]
     input: Value,
+    /// How many times a failed run is retried, with exponential backoff.
     #[serde(default)]
+    #[schema(default = 0, maximum = 2147483647, example = 3)]
     retries: u32,
-    /// Start no earlier than this many milliseconds from now.
+    /// Start no earlier than this many milliseconds from now (at most ten years).
     #[serde(default)]
+    #[schema(default = 0, maximum = 315360000000_u64, example = 0)]
     delay_ms: u64,
 }
 
@@ -55,26 +68,44 @@ fn default_queue() -> String {
 }
 
 /// `POST /v1/runs` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "status": "pending"}))]
 pub(crate) struct Started {
+    /// The new run's id.
     id: RunId,
+    /// Always `pending`: the run waits for a worker.
     status: RunStatus,
 }
 
-/// Checks a workflow or queue name.
+/// Checks a workflow, queue or step name: not blank, at most [`MAX_NAME_LEN`] characters.
 pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     if name.trim().is_empty() {
         return Err(ApiError::InvalidBody(format!("{what} must not be empty")));
     }
-    if name.len() > MAX_NAME_LEN {
+    if name.contains('\0') {
         return Err(ApiError::InvalidBody(format!(
-            "{what} is {} bytes long; the limit is {MAX_NAME_LEN}",
-            name.len()
+            "{what} must not contain U+0000 (the NUL character)"
+        )));
+    }
+    let len = name.chars().count();
+    if len > MAX_NAME_LEN {
+        return Err(ApiError::InvalidBody(format!(
+            "{what} is {len} characters long; the limit is {MAX_NAME_LEN}"
         )));
     }
     Ok(())
 }
 
+/// Starts a run of a workflow. The run waits as `pending` until a worker of its queue that
+/// can run the workflow claims it.
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    tag = "runs",
+    operation_id = "start_run",
+    request_body = StartRun,
+    responses((status = 201, description = "The run was started.", body = Started)),
+)]
 async fn start(
     State(state): State<AppState>,
     Json(req): Json<StartRun>,
@@ -82,6 +113,12 @@ async fn start(
     check_name("workflow", &req.workflow)?;
     check_name("queue", &req.queue)?;
     check_payload("input", &req.input, state.config.max_payload_bytes)?;
+    if req.delay_ms > MAX_DELAY_MS {
+        return Err(ApiError::InvalidBody(format!(
+            "delay_ms must be at most {MAX_DELAY_MS} (ten years), not {}",
+            req.delay_ms
+        )));
+    }
     let now = Utc::now();
     let delay = chrono::Duration::milliseconds(i64::try_from(req.delay_ms).unwrap_or(i64::MAX));
     let new = NewRun {
@@ -103,30 +140,57 @@ async fn start(
 }
 
 /// `GET /v1/runs` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only runs of this workflow.
+    #[param(example = "greet")]
     workflow: Option<String>,
+    /// Only runs on this queue.
+    #[param(example = "default")]
     queue: Option<String>,
+    /// Only runs in this status.
     status: Option<RunStatus>,
+    /// At most this many runs (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000, default = 50)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<Uuid>,
 }
 
 /// `GET /v1/runs` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"runs": [], "next_cursor": null}))]
 pub(crate) struct RunPage {
+    /// The runs, newest first.
     runs: Vec<Run>,
     /// Pass as `cursor` to get the next (older) page; null on the last page.
     next_cursor: Option<RunId>,
 }
 
+/// Lists runs, newest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    tag = "runs",
+    operation_id = "list_runs",
+    params(ListQuery),
+    responses((status = 200, description = "One page of runs.", body = RunPage)),
+)]
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<RunPage>> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and 1000, not {limit}"
         )));
+    }
+    for (name, value) in [("workflow", &q.workflow), ("queue", &q.queue)] {
+        if value.as_ref().is_some_and(|v| v.contains('\0')) {
+            return Err(ApiError::BadRequest(format!(
+                "{name} must not contain U+0000 (the NUL character)"
+            )));
+        }
     }
     let filter = RunFilter {
         workflow: q.workflow,
@@ -145,16 +209,36 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
     Ok(Json(RunPage { runs, next_cursor }))
 }
 
+/// Reads one run as it stands now.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    operation_id = "get_run",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    responses((status = 200, description = "The run.", body = Run)),
+)]
 async fn show(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
     Ok(Json(state.store.get_run(RunId(id)).await?))
 }
 
 /// `GET /v1/runs/{id}/steps` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"steps": [{"key": "greet", "position": 0, "status": "completed", "output": "Hello, World!", "error": null, "attempts": 1, "created_at": "2026-11-26T09:00:00.020Z", "finished_at": "2026-11-26T09:00:00.020Z"}]}))]
 pub(crate) struct StepList {
+    /// The run's journal, in position order.
     steps: Vec<Step>,
 }
 
+/// Lists the run's recorded steps (its journal), in position order.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/steps",
+    tag = "runs",
+    operation_id = "list_steps",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    responses((status = 200, description = "The run's steps.", body = StepList)),
+)]
 async fn steps(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<StepList>> {
     Ok(Json(StepList {
         steps: state.store.list_steps(RunId(id)).await?,
@@ -162,15 +246,26 @@ async fn steps(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Js
 }
 
 /// `GET /v1/runs/{id}/result` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ResultQuery {
-    /// How long to wait for the run to end, in milliseconds (at most 60000).
+    /// How long to wait for the run to end, in milliseconds (default 30000; longer waits
+    /// are cut to 60000).
+    #[param(default = 30000, example = 5000)]
     timeout_ms: Option<u64>,
 }
 
-/// Waits until the run is terminal or the timeout passes, then answers with the run as it
-/// stands; woken by the run's end notification, not by polling.
+/// Waits until the run has ended (completed, failed or cancelled) or the timeout passes,
+/// then answers with the run as it stands: check its `status`.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/result",
+    tag = "runs",
+    operation_id = "wait_for_run",
+    params(("id" = Uuid, Path, description = "The run's id."), ResultQuery),
+    responses((status = 200, description = "The run, ended or (after the timeout) not yet.", body = Run)),
+)]
 async fn result(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -198,6 +293,19 @@ async fn result(
     }
 }
 
+/// Cancels a run that has not ended. A running run is stopped by its worker at the next
+/// heartbeat.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    operation_id = "cancel_run",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    responses(
+        (status = 200, description = "The run, now cancelled.", body = Run),
+        (status = 409, description = "The run has already ended.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn cancel(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
     let run = state.store.cancel_run(RunId(id), Utc::now()).await?;
     tracing::info!(run_id = %run.id, "run cancelled");
