@@ -31,6 +31,13 @@ pub async fn start_server(pool: PgPool) -> Server {
         .expect("server starts")
 }
 
+/// A server in this process on a free port, over the test's database, with `config`.
+pub async fn start_server_with(pool: PgPool, config: Config) -> Server {
+    Server::start_with_store(config, PgStore::new(pool))
+        .await
+        .expect("server starts")
+}
+
 /// The URL a client uses for an in-process server.
 pub fn url(server: &Server) -> String {
     format!("http://{}", server.addr())
