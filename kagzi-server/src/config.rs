@@ -75,6 +75,11 @@ pub struct Config {
     /// in milliseconds (a guard against a lost notification, not the wake-up path).
     #[arg(long, env = "KAGZI_POLL_RECHECK_MS", default_value_t = 5_000)]
     pub poll_recheck_ms: u64,
+
+    /// The longest a long-poll (a worker's poll, a result wait) is held open, in milliseconds,
+    /// whatever timeout it asks for (at most 60000); e.g. below a proxy's idle timeout.
+    #[arg(long, env = "KAGZI_LONG_POLL_MAX_MS", default_value_t = 60_000)]
+    pub long_poll_max_ms: u64,
 }
 
 /// One API key. It is kept out of every `Debug` and `Display` output and out of logs.
@@ -124,6 +129,7 @@ impl fmt::Debug for Config {
             .field("retry_base_ms", &self.retry_base_ms)
             .field("retry_max_ms", &self.retry_max_ms)
             .field("poll_recheck_ms", &self.poll_recheck_ms)
+            .field("long_poll_max_ms", &self.long_poll_max_ms)
             .finish_non_exhaustive()
     }
 }
@@ -158,6 +164,11 @@ impl Config {
         Duration::from_millis(self.lease_ms)
     }
 
+    /// The longest a long-poll is held open.
+    pub fn long_poll_max(&self) -> Duration {
+        Duration::from_millis(self.long_poll_max_ms)
+    }
+
     /// How often workers heartbeat.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
@@ -187,7 +198,10 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("secret"), "{debug}");
         assert!(!debug.contains("db-password"), "{debug}");
-        assert!(debug.contains("postgres://user:<redacted>@host/db"), "{debug}");
+        assert!(
+            debug.contains("postgres://user:<redacted>@host/db"),
+            "{debug}"
+        );
         assert!(debug.contains("ApiKey(<redacted>)"));
     }
 }

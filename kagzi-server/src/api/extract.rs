@@ -100,6 +100,43 @@ where
     }
 }
 
+/// Serde helpers for integer fields: JSON Schema counts `7.0` as an integer, so the API
+/// accepts a whole number written with a fraction of zero, and refuses anything out of the
+/// field's documented range (at most `i32::MAX` for what is stored as a 32-bit integer).
+pub(crate) mod whole {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    fn number<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<u64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let value = match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => v,
+            (None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f <= max as f64 => f as u64,
+            _ => {
+                return Err(D::Error::custom(format!(
+                    "invalid value: {n}, expected a whole number from 0 to {max}"
+                )));
+            }
+        };
+        if value > max {
+            return Err(D::Error::custom(format!(
+                "invalid value: {value}, expected a whole number from 0 to {max}"
+            )));
+        }
+        Ok(value)
+    }
+
+    /// A `u32` from 0 to `i32::MAX`.
+    pub(crate) fn u31<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        // The bound keeps the value in range.
+        number(d, i32::MAX as u64).map(|v| v as u32)
+    }
+
+    /// A `u64` from 0 to `i64::MAX`.
+    pub(crate) fn u63<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        number(d, i64::MAX as u64)
+    }
+}
+
 /// A value a request carries into the database.
 pub trait Payload: Serialize {
     /// Whether any string in it (or, for JSON, any object key) holds U+0000, which
@@ -118,9 +155,9 @@ impl Payload for serde_json::Value {
         match self {
             serde_json::Value::String(s) => s.contains('\0'),
             serde_json::Value::Array(items) => items.iter().any(Payload::has_nul),
-            serde_json::Value::Object(map) => map
-                .iter()
-                .any(|(k, v)| k.contains('\0') || v.has_nul()),
+            serde_json::Value::Object(map) => {
+                map.iter().any(|(k, v)| k.contains('\0') || v.has_nul())
+            }
             _ => false,
         }
     }

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::{ApiError, Problem, Result};
-use super::extract::{Json, Path, check_payload};
+use super::error::{Problem, Result};
+use super::extract::{Json, Path, check_payload, whole};
 use crate::model::{Run, RunId, Step, StepStatus};
 use crate::state::AppState;
 use crate::store::StepReport;
@@ -27,9 +27,15 @@ pub(crate) struct StepBody {
     /// The lease token from the poll that claimed the run.
     lease_token: Uuid,
     /// The step key: its name, plus `#n` for the n-th step of that name in the run.
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S", example = "greet")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+        example = "greet"
+    )]
     key: String,
     /// The step's 0-based position in the run, in call order.
+    #[serde(deserialize_with = "whole::u31")]
     #[schema(maximum = 2147483647, example = 0)]
     position: u32,
     /// `completed` (with `output`) or `failed` (with `error`).
@@ -37,11 +43,12 @@ pub(crate) struct StepBody {
     /// The step's result, for a completed step (default `null`).
     #[serde(default)]
     output: Option<Value>,
-    /// The step's error, for a failed step.
+    /// The step's error, for a failed step (default: a note that it gave none).
     #[serde(default)]
+    #[schema(pattern = r"^[^\u0000]*$")]
     error: Option<String>,
     /// How many attempts the step took (default 1).
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole::u31")]
     #[schema(default = 1, maximum = 2147483647, example = 1)]
     attempts: u32,
 }
@@ -81,7 +88,7 @@ pub(crate) async fn step(
         _ => {
             let error = body
                 .error
-                .ok_or_else(|| ApiError::InvalidBody("a failed step needs an error".to_owned()))?;
+                .unwrap_or_else(|| "the step failed without an error message".to_owned());
             check_payload(&format!("the error of step {}", body.key), &error, limit)?;
             (None, Some(error))
         }
@@ -147,7 +154,7 @@ pub(crate) struct FailBody {
     /// The lease token from the poll that claimed the run.
     lease_token: Uuid,
     /// What went wrong.
-    #[schema(example = "card declined")]
+    #[schema(pattern = r"^[^\u0000]*$", example = "card declined")]
     error: String,
     /// False for errors that a retry cannot fix; the run then fails at once (default true).
     #[serde(default = "yes")]

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::error::{ApiError, Problem, Result};
-use super::extract::{Json, Path, Query, check_payload};
+use super::extract::{Json, Path, Query, check_payload, whole};
 use crate::model::{Run, RunId, RunStatus, Step};
 use crate::state::AppState;
 use crate::store::{NewRun, RunFilter};
@@ -42,11 +42,22 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[schema(example = json!({"workflow": "greet", "input": {"name": "World"}}))]
 pub(crate) struct StartRun {
     /// The name the workflow function is registered under on the workers.
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S", example = "greet")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+        example = "greet"
+    )]
     workflow: String,
     /// The queue the run waits on; workers poll one queue each.
     #[serde(default = "default_queue")]
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S", default = "default", example = "default")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+        default = "default",
+        example = "default"
+    )]
     queue: String,
     /// The workflow's input: any JSON value (default `null`), at most the payload limit
     /// (2 MiB by default) as JSON.
@@ -54,11 +65,11 @@ pub(crate) struct StartRun {
     #[schema(example = json!({"name": "World"}))]
     input: Value,
     /// How many times a failed run is retried, with exponential backoff.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::u31")]
     #[schema(default = 0, maximum = 2147483647, example = 3)]
     retries: u32,
     /// Start no earlier than this many milliseconds from now (at most ten years).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::u63")]
     #[schema(default = 0, maximum = 315360000000_u64, example = 0)]
     delay_ms: u64,
 }
@@ -250,9 +261,8 @@ async fn steps(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Js
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ResultQuery {
-    /// How long to wait for the run to end, in milliseconds (default 30000; longer waits
-    /// are cut to 60000).
-    #[param(default = 30000, example = 5000)]
+    /// How long to wait for the run to end, in milliseconds (default 30000, at most 60000).
+    #[param(default = 30000, maximum = 60000, example = 5000)]
     timeout_ms: Option<u64>,
 }
 
@@ -272,7 +282,14 @@ async fn result(
     Query(q): Query<ResultQuery>,
 ) -> Result<Json<Run>> {
     let id = RunId(id);
-    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_RESULT_WAIT);
+    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(30_000));
+    if wait > MAX_RESULT_WAIT {
+        return Err(ApiError::BadRequest(format!(
+            "timeout_ms must be at most {}",
+            MAX_RESULT_WAIT.as_millis()
+        )));
+    }
+    let wait = wait.min(state.config.long_poll_max());
     let deadline = tokio::time::Instant::now() + wait;
     let recheck = Duration::from_millis(state.config.poll_recheck_ms);
     let subscription = state.wakeups.runs.subscribe(id);

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::error::{ApiError, Result};
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, whole};
 use crate::model::{Lease, RunId, Task, WorkerId};
 use crate::state::AppState;
 use crate::store::NewWorker;
@@ -39,24 +39,30 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[schema(example = json!({"queue": "default", "workflows": ["greet"], "capacity": 10, "hostname": "box-1"}))]
 pub(crate) struct RegisterBody {
     /// The queue the worker polls.
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S", example = "default")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+        example = "default"
+    )]
     queue: String,
     /// The workflows the worker can run; polls only claim runs of these.
     #[schema(min_items = 1, max_items = 1000, inline)]
     workflows: Vec<WorkflowName>,
     /// How many runs the worker executes at once.
+    #[serde(deserialize_with = "whole::u31")]
     #[schema(minimum = 1, maximum = 2147483647, example = 10)]
     capacity: u32,
     /// The host the worker runs on, for operators.
     #[serde(default)]
-    #[schema(max_length = 255, example = "box-1")]
+    #[schema(max_length = 255, pattern = r"^[^\u0000]*$", example = "box-1")]
     hostname: Option<String>,
 }
 
 /// A workflow name.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
-#[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"\S", example = "greet")]
+#[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$", example = "greet")]
 pub(crate) struct WorkflowName(String);
 
 /// `POST /v1/workers` answer.
@@ -177,12 +183,12 @@ async fn heartbeat(
 #[schema(example = json!({"max": 10, "timeout_ms": 30000}))]
 pub(crate) struct PollBody {
     /// Claim at most this many runs (1 to 1000).
+    #[serde(deserialize_with = "whole::u31")]
     #[schema(minimum = 1, maximum = 1000, example = 10)]
     max: u32,
-    /// Wait at most this long for work, in milliseconds (default 30000; longer waits are
-    /// cut to 60000).
-    #[serde(default = "default_poll_ms")]
-    #[schema(default = 30000, example = 30000)]
+    /// Wait at most this long for work, in milliseconds (default 30000, at most 60000).
+    #[serde(default = "default_poll_ms", deserialize_with = "whole::u63")]
+    #[schema(default = 30000, maximum = 60000, example = 30000)]
     timeout_ms: u64,
 }
 
@@ -222,8 +228,15 @@ async fn poll(
             body.max
         )));
     }
+    let wait = Duration::from_millis(body.timeout_ms);
+    if wait > MAX_POLL_WAIT {
+        return Err(ApiError::InvalidBody(format!(
+            "timeout_ms must be at most {}",
+            MAX_POLL_WAIT.as_millis()
+        )));
+    }
+    let wait = wait.min(state.config.long_poll_max());
     let worker = state.store.get_worker(WorkerId(id)).await?;
-    let wait = Duration::from_millis(body.timeout_ms).min(MAX_POLL_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let recheck = Duration::from_millis(state.config.poll_recheck_ms);
     let lease = chrono::Duration::from_std(state.config.lease()).unwrap_or_default();
