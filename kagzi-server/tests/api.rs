@@ -401,11 +401,19 @@ async fn openapi_json_serves_the_generated_document(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn docs_serve_swagger_ui_from_the_server_itself(pool: PgPool) {
     let app = router(pool).await;
-    let redirect = raw(&app, Request::get("/docs").body(Body::empty()).expect("request")).await;
+    let redirect = raw(
+        &app,
+        Request::get("/docs").body(Body::empty()).expect("request"),
+    )
+    .await;
     assert!(redirect.status().is_redirection());
     assert_eq!(redirect.headers()[header::LOCATION], "/docs/");
 
-    let page = raw(&app, Request::get("/docs/").body(Body::empty()).expect("request")).await;
+    let page = raw(
+        &app,
+        Request::get("/docs/").body(Body::empty()).expect("request"),
+    )
+    .await;
     assert_eq!(page.status(), StatusCode::OK);
     assert!(
         page.headers()[header::CONTENT_TYPE]
@@ -424,7 +432,10 @@ async fn docs_serve_swagger_ui_from_the_server_itself(pool: PgPool) {
             assets.push(rest[..end].to_owned());
         }
     }
-    assert!(assets.len() >= 3, "the page loads its scripts and styles: {assets:?}");
+    assert!(
+        assets.len() >= 3,
+        "the page loads its scripts and styles: {assets:?}"
+    );
     assert!(assets.iter().any(|a| a.contains("swagger-initializer.js")));
     for asset in &assets {
         assert!(
@@ -432,16 +443,26 @@ async fn docs_serve_swagger_ui_from_the_server_itself(pool: PgPool) {
             "asset {asset} is not served by the server itself"
         );
         let uri = format!("/docs/{}", asset.trim_start_matches("./"));
-        let res = raw(&app, Request::get(&uri).body(Body::empty()).expect("request")).await;
+        let res = raw(
+            &app,
+            Request::get(&uri).body(Body::empty()).expect("request"),
+        )
+        .await;
         assert_eq!(res.status(), StatusCode::OK, "{uri}");
         if uri.ends_with("swagger-initializer.js") {
             let body = text(res).await;
             assert!(body.contains("/openapi.json"), "{body}");
-            assert!(!body.contains("http://") && !body.contains("https://"), "{body}");
+            assert!(
+                !body.contains("http://") && !body.contains("https://"),
+                "{body}"
+            );
             assert!(body.contains(r#""validatorUrl": "none""#), "{body}");
         }
     }
-    assert!(!html.contains("http://") && !html.contains("https://"), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
     let missing = get(&app, "/docs/no-such-asset.js").await;
     assert_problem(&missing, StatusCode::NOT_FOUND, "404");
 }
@@ -452,7 +473,12 @@ fn keyed_config() -> Config {
     config
 }
 
-async fn send_with_key(app: &Router, method: Method, uri: &str, key: Option<&str>) -> (Reply, Option<String>) {
+async fn send_with_key(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    key: Option<&str>,
+) -> (Reply, Option<String>) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(key) = key {
         req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
@@ -486,13 +512,29 @@ async fn with_api_keys_v1_needs_a_valid_bearer_key(pool: PgPool) {
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::AUTHORIZATION, "bearer new-key");
     req = req.header("x-request", "1");
-    let started = reply(raw(&app, req.body(Body::from(r#"{"workflow":"w"}"#)).expect("request")).await).await;
-    assert_eq!(started.status, StatusCode::CREATED, "the scheme is case-insensitive");
+    let started = reply(
+        raw(
+            &app,
+            req.body(Body::from(r#"{"workflow":"w"}"#))
+                .expect("request"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        started.status,
+        StatusCode::CREATED,
+        "the scheme is case-insensitive"
+    );
     for open in ["/healthz", "/readyz", "/openapi.json"] {
         let (res, _) = send_with_key(&app, Method::GET, open, None).await;
         assert_eq!(res.status, StatusCode::OK, "{open} stays open");
     }
-    let docs = raw(&app, Request::get("/docs/").body(Body::empty()).expect("request")).await;
+    let docs = raw(
+        &app,
+        Request::get("/docs/").body(Body::empty()).expect("request"),
+    )
+    .await;
     assert_eq!(docs.status(), StatusCode::OK, "/docs stays open");
 }
 
@@ -514,8 +556,18 @@ async fn framework_rejections_are_problems_too(pool: PgPool) {
     assert_problem(&no_type, StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type");
     let nul = post(&app, "/v1/runs", json!({"workflow": "a\u{0}b"})).await;
     assert_problem(&nul, StatusCode::UNPROCESSABLE_ENTITY, "U+0000");
-    let nul_input = post(&app, "/v1/runs", json!({"workflow": "w", "input": {"k": "\u{0}"}})).await;
+    let nul_input = post(
+        &app,
+        "/v1/runs",
+        json!({"workflow": "w", "input": {"k": "\u{0}"}}),
+    )
+    .await;
     assert_problem(&nul_input, StatusCode::UNPROCESSABLE_ENTITY, "U+0000");
-    let far = post(&app, "/v1/runs", json!({"workflow": "w", "delay_ms": u64::MAX})).await;
+    let far = post(
+        &app,
+        "/v1/runs",
+        json!({"workflow": "w", "delay_ms": u64::MAX}),
+    )
+    .await;
     assert_problem(&far, StatusCode::UNPROCESSABLE_ENTITY, "delay_ms");
 }

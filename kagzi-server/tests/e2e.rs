@@ -624,7 +624,10 @@ async fn an_oversized_step_result_fails_the_run_with_a_clear_error(pool: PgPool)
         .retries(3)
         .await
         .expect("start");
-    let run = client.wait(id, Duration::from_secs(20)).await.expect("ends");
+    let run = client
+        .wait(id, Duration::from_secs(20))
+        .await
+        .expect("ends");
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.attempts, 1);
     assert!(
@@ -699,9 +702,16 @@ async fn with_api_keys_the_sdk_works_end_to_end(pool: PgPool) {
         matches!(&refused, kagzi::Error::Api { status: 401, detail, .. } if detail.contains("not valid")),
         "{refused}"
     );
-    let keyless = Client::builder(&url).api_key("").connect().await.expect("client");
+    let keyless = Client::builder(&url)
+        .api_key("")
+        .connect()
+        .await
+        .expect("client");
     let refused = keyless.run(id).await.expect_err("no key");
-    assert!(matches!(&refused, kagzi::Error::Api { status: 401, .. }), "{refused}");
+    assert!(
+        matches!(&refused, kagzi::Error::Api { status: 401, .. }),
+        "{refused}"
+    );
     assert!(!format!("{client:?} {rotated:?}").contains("-key"));
 
     stop.cancel();

@@ -91,9 +91,10 @@ fn every_operation_documents_its_answers_and_errors() {
     for (name, schema) in schemas {
         let documented = schema.get("example").is_some()
             || schema.get("properties").is_none()
-            || schema["properties"]
-                .as_object()
-                .is_some_and(|p| p.values().any(|v| v.get("example").is_some() || v.get("$ref").is_some()));
+            || schema["properties"].as_object().is_some_and(|p| {
+                p.values()
+                    .any(|v| v.get("example").is_some() || v.get("$ref").is_some())
+            });
         assert!(documented, "schema {name} has an example");
     }
 }

@@ -23,7 +23,9 @@ struct Block {
 fn walkthrough() -> Vec<Block> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     let readme = std::fs::read_to_string(&path).expect("README.md");
-    let start = readme.find(SECTION).expect("the README has the curl section");
+    let start = readme
+        .find(SECTION)
+        .expect("the README has the curl section");
     let rest = &readme[start + SECTION.len()..];
     let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
     let mut blocks: Vec<Block> = Vec::new();
@@ -59,7 +61,10 @@ fn normalize(value: &Value) -> Value {
             let mut out = String::new();
             let mut rest = s.as_str();
             while !rest.is_empty() {
-                if rest.len() >= 36 && rest.is_char_boundary(36) && uuid::Uuid::try_parse(&rest[..36]).is_ok() {
+                if rest.len() >= 36
+                    && rest.is_char_boundary(36)
+                    && uuid::Uuid::try_parse(&rest[..36]).is_ok()
+                {
                     out.push_str("<uuid>");
                     rest = &rest[36..];
                 } else {
@@ -71,11 +76,9 @@ fn normalize(value: &Value) -> Value {
             Value::String(out)
         }
         Value::Array(items) => Value::Array(items.iter().map(normalize).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), normalize(v)))
-                .collect(),
-        ),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), normalize(v))).collect())
+        }
         other => other.clone(),
     }
 }
@@ -126,7 +129,10 @@ async fn the_readme_curl_walkthrough_is_true(pool: PgPool) {
             continue;
         }
         let Some(i) = current else {
-            assert!(line.trim().is_empty(), "output before the first block: {line}");
+            assert!(
+                line.trim().is_empty(),
+                "output before the first block: {line}"
+            );
             continue;
         };
         outputs[i].push_str(line);

@@ -98,7 +98,10 @@ impl Client {
     ///
     /// As [`Client::connect`]. A wrong key is only found out by the first `/v1` call, which
     /// fails with [`Error::Api`] status 401.
-    pub async fn connect_with_key(url: impl Into<String>, key: impl Into<String>) -> Result<Client> {
+    pub async fn connect_with_key(
+        url: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Result<Client> {
         Client::builder(url).api_key(key).connect().await
     }
 

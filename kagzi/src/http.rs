@@ -249,10 +249,10 @@ impl Http {
             let body: &[u8] = if body.is_empty() { b"null" } else { &body };
             return Ok(serde_json::from_slice(body)?);
         }
-        if status == StatusCode::CONFLICT {
-            if let Some(run_id) = call.report {
-                return Err(Error::LeaseLost { run_id });
-            }
+        if status == StatusCode::CONFLICT
+            && let Some(run_id) = call.report
+        {
+            return Err(Error::LeaseLost { run_id });
         }
         match problem(status, &body) {
             Error::Api {

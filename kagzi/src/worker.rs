@@ -411,10 +411,10 @@ fn spawn_run(
 }
 
 fn log_join(joined: std::result::Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined {
-        if e.is_panic() {
-            error!(error = %e, "run task panicked");
-        }
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        error!(error = %e, "run task panicked");
     }
 }
 
@@ -567,10 +567,10 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                     .map(|run| (run.run_id, run.lease_token))
                     .collect();
                 for run_id in response.lost {
-                    if let Some(lease_token) = sent.get(&run_id) {
-                        if shared.release(run_id, *lease_token, true) {
-                            info!(%run_id, "run no longer held by this worker (cancelled or reclaimed); stopped it");
-                        }
+                    if let Some(lease_token) = sent.get(&run_id)
+                        && shared.release(run_id, *lease_token, true)
+                    {
+                        info!(%run_id, "run no longer held by this worker (cancelled or reclaimed); stopped it");
                     }
                 }
             }
@@ -684,10 +684,10 @@ impl Shared {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         match held.get(&run_id) {
             Some(current) if current.lease_token == lease_token => {
-                if let Some(run) = held.remove(&run_id) {
-                    if abort {
-                        run.abort.abort();
-                    }
+                if let Some(run) = held.remove(&run_id)
+                    && abort
+                {
+                    run.abort.abort();
                 }
                 true
             }

@@ -73,8 +73,11 @@ pub(crate) fn finish(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::Open
     api
 }
 
-/// Each reusable problem answer: name, description, example detail.
-const PROBLEMS: &[(&str, &str, (u16, &str, &str, &str))] = &[
+/// An example problem: status, slug, title, detail.
+type ProblemExample = (u16, &'static str, &'static str, &'static str);
+
+/// Each reusable problem answer: name, description, example.
+const PROBLEMS: &[(&str, &str, ProblemExample)] = &[
     (
         "BadRequest",
         "Malformed request: JSON that does not parse, a path or query parameter of the wrong type.",
@@ -159,7 +162,7 @@ const PROBLEMS: &[(&str, &str, (u16, &str, &str, &str))] = &[
 
 fn problem_response(
     description: &str,
-    (status, slug, title, detail): &(u16, &str, &str, &str),
+    (status, slug, title, detail): &ProblemExample,
 ) -> RefOr<Response> {
     let example = serde_json::json!({
         "type": format!("urn:kagzi:problem:{slug}"),

@@ -104,13 +104,13 @@ async fn register(
     for workflow in &body.workflows {
         super::runs::check_name("each workflow", &workflow.0)?;
     }
-    if let Some(hostname) = &body.hostname {
-        if hostname.contains('\0') || hostname.chars().count() > super::runs::MAX_NAME_LEN {
-            return Err(ApiError::InvalidBody(format!(
-                "hostname must be at most {} characters long, without U+0000",
-                super::runs::MAX_NAME_LEN
-            )));
-        }
+    if let Some(hostname) = &body.hostname
+        && (hostname.contains('\0') || hostname.chars().count() > super::runs::MAX_NAME_LEN)
+    {
+        return Err(ApiError::InvalidBody(format!(
+            "hostname must be at most {} characters long, without U+0000",
+            super::runs::MAX_NAME_LEN
+        )));
     }
     if body.capacity == 0 {
         return Err(ApiError::InvalidBody(

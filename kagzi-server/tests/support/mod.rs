@@ -121,10 +121,10 @@ pub async fn wait_healthy(url: &str) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(res) = client.get(format!("{url}/healthz")).send().await {
-            if res.status().is_success() {
-                return;
-            }
+        if let Ok(res) = client.get(format!("{url}/healthz")).send().await
+            && res.status().is_success()
+        {
+            return;
         }
         assert!(
             Instant::now() < deadline,
