@@ -21,6 +21,15 @@ test:
 example NAME:
     cargo run -p kagzi --example {{NAME}}
 
+# Regenerate the committed OpenAPI document (a test fails when it is stale).
+openapi:
+    cargo run -q -p kagzi-server -- --print-openapi > openapi/openapi.json
+
+# Fuzz a live server against openapi/openapi.json with schemathesis (installs it into
+# ~/.cache/kagzi on first use). FUZZ_MAX_EXAMPLES sets examples per operation (default 100).
+fuzz:
+    scripts/fuzz.sh
+
 # What CI runs.
 ci:
     bash .ci/run

@@ -16,7 +16,10 @@ use kagzi::{Client, Worker, WorkflowContext};
 /// One child run per document: counts its words.
 async fn count_words(ctx: WorkflowContext, document: String) -> anyhow::Result<usize> {
     let words = ctx
-        .run("count", async move { Ok(document.split_whitespace().count()) })
+        .run(
+            "count",
+            async move { Ok(document.split_whitespace().count()) },
+        )
         .await?;
     Ok(words)
 }
@@ -32,8 +35,12 @@ async fn word_report(ctx: WorkflowContext, documents: Vec<String>) -> anyhow::Re
     )
     .await?;
     let (longest, shortest) = futures::try_join!(
-        ctx.run("longest", async { Ok(counts.iter().copied().max().unwrap_or(0)) }),
-        ctx.run("shortest", async { Ok(counts.iter().copied().min().unwrap_or(0)) }),
+        ctx.run("longest", async {
+            Ok(counts.iter().copied().max().unwrap_or(0))
+        }),
+        ctx.run("shortest", async {
+            Ok(counts.iter().copied().min().unwrap_or(0))
+        }),
     )?;
     let total: usize = counts.iter().sum();
     Ok(format!(

@@ -85,7 +85,10 @@ async fn book_trip(ctx: WorkflowContext, trip: Trip) -> anyhow::Result<Booking> 
 
     match charged {
         Ok(receipt) => Ok(Booking {
-            status: format!("booked {flight} and {hotel} for {}: {receipt}", trip.traveller),
+            status: format!(
+                "booked {flight} and {hotel} for {}: {receipt}",
+                trip.traveller
+            ),
             compensated: Vec::new(),
         }),
         Err(error) => Ok(Booking {
@@ -101,7 +104,9 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("KAGZI_SERVER_URL").unwrap_or_else(|_| "http://localhost:50051".to_owned());
     let queue = std::env::var("KAGZI_QUEUE").unwrap_or_else(|_| "default".to_owned());
 
-    let mut worker = Worker::builder(url.as_str(), queue.as_str()).build().await?;
+    let mut worker = Worker::builder(url.as_str(), queue.as_str())
+        .build()
+        .await?;
     worker.register("book_trip", book_trip);
     let stop = worker.shutdown_handle();
     let worker_task = tokio::spawn(worker.run());

@@ -1,12 +1,15 @@
 //! Server configuration: every setting is a `--flag` with a `KAGZI_*` environment twin.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
 
-/// How the server is configured.
-#[derive(Debug, Clone, Parser)]
+/// How the server is configured. Its `Debug` output shows neither the API keys nor the
+/// database password.
+#[derive(Clone, Parser)]
 #[command(
     name = "kagzi-server",
     version,
@@ -15,8 +18,23 @@ use clap::Parser;
 pub struct Config {
     /// The database: `sqlite://PATH` (the embedded default, created on first start) or a
     /// PostgreSQL URL such as `postgres://postgres@127.0.0.1:5432/postgres`.
-    #[arg(long, env = "KAGZI_DB_URL", default_value = crate::store::DEFAULT_DB_URL)]
+    #[arg(long, env = "KAGZI_DB_URL", default_value = crate::store::DEFAULT_DB_URL, hide_env_values = true)]
     pub db_url: String,
+
+    /// API keys: when any is set, every `/v1` request needs `Authorization: Bearer <key>`.
+    /// Several keys, comma-separated, are all accepted (to rotate keys without downtime).
+    /// Prefer the environment variable: a flag shows in the process list.
+    #[arg(
+        long = "api-key",
+        env = "KAGZI_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<ApiKey>,
+
+    /// Print the OpenAPI document (JSON) to standard output and exit, without serving.
+    #[arg(long)]
+    pub print_openapi: bool,
 
     /// The address to listen on.
     #[arg(long, env = "KAGZI_SERVER_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
@@ -58,9 +76,71 @@ pub struct Config {
     /// in milliseconds (a guard against a lost notification, not the wake-up path).
     #[arg(long, env = "KAGZI_POLL_RECHECK_MS", default_value_t = 5_000)]
     pub poll_recheck_ms: u64,
+
+    /// The longest a long-poll (a worker's poll, a result wait) is held open, in milliseconds,
+    /// whatever timeout it asks for (at most 60000); e.g. below a proxy's idle timeout.
+    #[arg(long, env = "KAGZI_LONG_POLL_MAX_MS", default_value_t = 60_000)]
+    pub long_poll_max_ms: u64,
+}
+
+/// One API key. It is kept out of every `Debug` and `Display` output and out of logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The key itself, to compare with a request's credentials.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl FromStr for ApiKey {
+    type Err = std::convert::Infallible;
+
+    /// Surrounding whitespace is dropped (`KAGZI_API_KEY="a, b"` means keys `a` and `b`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.trim().to_owned()))
+    }
+}
+
+impl From<&str> for ApiKey {
+    fn from(s: &str) -> Self {
+        Self(s.trim().to_owned())
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("db_url", &crate::store::redact(&self.db_url))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("api_keys", &self.api_keys)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("lease_ms", &self.lease_ms)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("watchdog_ms", &self.watchdog_ms)
+            .field("retry_base_ms", &self.retry_base_ms)
+            .field("retry_max_ms", &self.retry_max_ms)
+            .field("poll_recheck_ms", &self.poll_recheck_ms)
+            .field("long_poll_max_ms", &self.long_poll_max_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
+    /// The configured API keys, without empty entries (`KAGZI_API_KEY="a,,b,"`).
+    pub fn api_keys(&self) -> impl Iterator<Item = &ApiKey> {
+        self.api_keys.iter().filter(|k| !k.0.is_empty())
+    }
+
     /// The configuration with every default; for tests and embedding.
     pub fn defaults() -> Self {
         Self::parse_from(["kagzi-server"])
@@ -71,6 +151,11 @@ impl Config {
         Duration::from_millis(self.lease_ms)
     }
 
+    /// The longest a long-poll is held open.
+    pub fn long_poll_max(&self) -> Duration {
+        Duration::from_millis(self.long_poll_max_ms)
+    }
+
     /// How often workers heartbeat.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
@@ -79,5 +164,31 @@ impl Config {
     /// A worker silent for this long is offline: three missed heartbeats.
     pub fn worker_timeout(&self) -> Duration {
         self.heartbeat() * 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_split_on_commas_and_never_show_in_debug() {
+        let config = Config::parse_from([
+            "kagzi-server",
+            "--api-key",
+            "first-secret, second-secret,,",
+            "--db-url",
+            "postgres://user:db-password@host/db",
+        ]);
+        let keys: Vec<&str> = config.api_keys().map(ApiKey::expose).collect();
+        assert_eq!(keys, ["first-secret", "second-secret"]);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(!debug.contains("db-password"), "{debug}");
+        assert!(
+            debug.contains("postgres://user:<redacted>@host/db"),
+            "{debug}"
+        );
+        assert!(debug.contains("ApiKey(<redacted>)"));
     }
 }

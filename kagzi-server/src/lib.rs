@@ -17,6 +17,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use api::{openapi_document, openapi_json};
 pub use config::Config;
 pub use state::AppState;
 pub use store::{PgStore, SqliteStore, Store};

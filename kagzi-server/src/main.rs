@@ -1,4 +1,5 @@
 //! `kagzi-server`: configuration, tracing, serve until SIGINT or SIGTERM.
+//! `kagzi-server --print-openapi` prints the OpenAPI document and exits.
 
 use std::process::ExitCode;
 
@@ -18,12 +19,16 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    let config = Config::parse();
+    if config.print_openapi {
+        print!("{}", kagzi_server::openapi_json());
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let config = Config::parse();
     let server = Server::start(config).await?;
     let shutdown = server.state().shutdown.clone();
     tokio::spawn(async move {

@@ -11,7 +11,8 @@ use uuid::Uuid;
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
+        #[schema(value_type = String, format = Uuid, example = "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a")]
         #[serde(transparent)]
         #[sqlx(transparent)]
         pub struct $name(pub Uuid);
@@ -47,7 +48,9 @@ id_type!(
 );
 
 /// Where a run is in its life. The same lowercase words are used in JSON and in SQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[non_exhaustive]
@@ -95,7 +98,9 @@ impl fmt::Display for RunStatus {
 }
 
 /// Whether a journal entry holds a result or an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[non_exhaustive]
@@ -107,7 +112,21 @@ pub enum StepStatus {
 }
 
 /// One workflow run, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(example = json!({
+    "id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a",
+    "workflow": "greet",
+    "queue": "default",
+    "status": "completed",
+    "input": {"name": "World"},
+    "output": {"message": "Hello, World!"},
+    "error": null,
+    "attempts": 1,
+    "retries": 0,
+    "created_at": "2026-11-26T09:00:00Z",
+    "started_at": "2026-11-26T09:00:00.010Z",
+    "finished_at": "2026-11-26T09:00:00.030Z"
+}))]
 pub struct Run {
     /// The run's id.
     pub id: RunId,
@@ -133,20 +152,27 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     /// When the run ended.
     pub finished_at: Option<DateTime<Utc>>,
-    /// When a sleeping or waiting run wakes by itself (a timer, a signal timeout).
+    /// When a sleeping or waiting run wakes by itself (a timer, a signal timeout); absent
+    /// otherwise, like the other optional fields below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<DateTime<Utc>>,
     /// What a waiting run waits for: `signal:NAME` or `child:ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
     /// The run that started this one as its child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<RunId>,
     /// The key that made the start idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// When the run times out, whatever it is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_at: Option<DateTime<Utc>>,
 }
 
 /// How a failed run is retried, shaped like Temporal's retry policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"max_attempts": 5, "initial_interval_ms": 1000, "backoff_coefficient": 2.0, "max_interval_ms": 60000, "non_retryable_errors": ["card declined"]}))]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included.
@@ -178,7 +204,17 @@ fn default_max_interval_ms() -> u64 {
 }
 
 /// One journal entry: a step's recorded outcome.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(example = json!({
+    "key": "greet",
+    "position": 0,
+    "status": "completed",
+    "output": "Hello, World!",
+    "error": null,
+    "attempts": 1,
+    "created_at": "2026-11-26T09:00:00.020Z",
+    "finished_at": "2026-11-26T09:00:00.020Z"
+}))]
 pub struct Step {
     /// The step key: its name, plus `#n` for the n-th occurrence of that name in the run.
     pub key: String,
@@ -199,7 +235,8 @@ pub struct Step {
 }
 
 /// A completed step as a worker replays it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"key": "greet", "position": 0, "output": "Hello, World!"}))]
 pub struct JournalEntry {
     /// The step key.
     pub key: String,
@@ -210,7 +247,16 @@ pub struct JournalEntry {
 }
 
 /// A run handed to a worker by a poll: its lease and its journal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "run_id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a",
+    "workflow": "greet",
+    "input": {"name": "World"},
+    "attempt": 1,
+    "lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e",
+    "lease_expires_at": "2026-11-26T09:00:30Z",
+    "journal": []
+}))]
 pub struct Task {
     /// The run's id.
     pub run_id: RunId,
@@ -229,7 +275,11 @@ pub struct Task {
 }
 
 /// A run id and the lease token a worker holds for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "run_id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a",
+    "lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e"
+}))]
 pub struct Lease {
     /// The run.
     pub run_id: RunId,

@@ -10,12 +10,23 @@ use sqlx::PgPool;
 use tower::ServiceExt;
 
 async fn router(pool: PgPool) -> Router {
+    router_with(pool, Config::defaults()).await
+}
+
+async fn router_with(pool: PgPool, config: Config) -> Router {
     let store = PgStore::new(pool);
     store.migrate().await.expect("migrations apply");
-    app(AppState::new(
-        std::sync::Arc::new(store),
-        Config::defaults(),
-    ))
+    app(AppState::new(std::sync::Arc::new(store), config))
+}
+
+/// Sends a bare request and answers with the raw response.
+async fn raw(app: &Router, req: Request<Body>) -> axum::response::Response {
+    app.clone().oneshot(req).await.expect("router answers")
+}
+
+async fn text(res: axum::response::Response) -> String {
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8(bytes.to_vec()).expect("UTF-8 body")
 }
 
 struct Reply {
@@ -374,4 +385,189 @@ async fn health_and_readiness(pool: PgPool) {
     let app = router(pool).await;
     assert_eq!(get(&app, "/healthz").await.body, json!({"status": "ok"}));
     assert_eq!(get(&app, "/readyz").await.body, json!({"status": "ok"}));
+}
+
+#[sqlx::test(migrations = false)]
+async fn openapi_json_serves_the_generated_document(pool: PgPool) {
+    let app = router(pool).await;
+    let doc = get(&app, "/openapi.json").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let generated: Value =
+        serde_json::from_str(&kagzi_server::openapi_json()).expect("generated JSON");
+    assert_eq!(doc.body, generated);
+    assert!(doc.body["paths"]["/v1/runs"]["post"].is_object());
+}
+
+#[sqlx::test(migrations = false)]
+async fn docs_serve_swagger_ui_from_the_server_itself(pool: PgPool) {
+    let app = router(pool).await;
+    let redirect = raw(
+        &app,
+        Request::get("/docs").body(Body::empty()).expect("request"),
+    )
+    .await;
+    assert!(redirect.status().is_redirection());
+    assert_eq!(redirect.headers()[header::LOCATION], "/docs/");
+
+    let page = raw(
+        &app,
+        Request::get("/docs/").body(Body::empty()).expect("request"),
+    )
+    .await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .expect("content type")
+            .starts_with("text/html")
+    );
+    let html = text(page).await;
+    assert!(html.contains("swagger-ui"), "{html}");
+    // Every asset the page loads is relative, so served here, and answers 200.
+    let mut assets = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for (i, _) in html.match_indices(attr) {
+            let rest = &html[i + attr.len()..];
+            let end = rest.find('"').expect("closing quote");
+            assets.push(rest[..end].to_owned());
+        }
+    }
+    assert!(
+        assets.len() >= 3,
+        "the page loads its scripts and styles: {assets:?}"
+    );
+    assert!(assets.iter().any(|a| a.contains("swagger-initializer.js")));
+    for asset in &assets {
+        assert!(
+            !asset.contains("//"),
+            "asset {asset} is not served by the server itself"
+        );
+        let uri = format!("/docs/{}", asset.trim_start_matches("./"));
+        let res = raw(
+            &app,
+            Request::get(&uri).body(Body::empty()).expect("request"),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::OK, "{uri}");
+        if uri.ends_with("swagger-initializer.js") {
+            let body = text(res).await;
+            assert!(body.contains("/openapi.json"), "{body}");
+            assert!(
+                !body.contains("http://") && !body.contains("https://"),
+                "{body}"
+            );
+            assert!(body.contains(r#""validatorUrl": "none""#), "{body}");
+        }
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
+    let missing = get(&app, "/docs/no-such-asset.js").await;
+    assert_problem(&missing, StatusCode::NOT_FOUND, "404");
+}
+
+fn keyed_config() -> Config {
+    let mut config = Config::defaults();
+    config.api_keys = vec!["old-key".into(), "new-key".into()];
+    config
+}
+
+async fn send_with_key(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    key: Option<&str>,
+) -> (Reply, Option<String>) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(key) = key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let res = raw(app, req.body(Body::empty()).expect("request")).await;
+    let challenge = res
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .map(|v| v.to_str().expect("ASCII").to_owned());
+    (reply(res).await, challenge)
+}
+
+#[sqlx::test(migrations = false)]
+async fn with_api_keys_v1_needs_a_valid_bearer_key(pool: PgPool) {
+    let app = router_with(pool, keyed_config()).await;
+    let (none, challenge) = send_with_key(&app, Method::GET, "/v1/runs", None).await;
+    assert_problem(&none, StatusCode::UNAUTHORIZED, "Authorization: Bearer");
+    assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="kagzi""#));
+    let (wrong, challenge) = send_with_key(&app, Method::GET, "/v1/runs", Some("guess")).await;
+    assert_problem(&wrong, StatusCode::UNAUTHORIZED, "not valid");
+    assert!(challenge.is_some_and(|c| c.starts_with("Bearer") && c.contains("invalid_token")));
+    assert!(!wrong.body.to_string().contains("old-key"));
+    // Unknown /v1 routes are not revealed without a key.
+    let (hidden, _) = send_with_key(&app, Method::GET, "/v1/nothing", None).await;
+    assert_eq!(hidden.status, StatusCode::UNAUTHORIZED);
+    for key in ["old-key", "new-key"] {
+        let (ok, _) = send_with_key(&app, Method::GET, "/v1/runs", Some(key)).await;
+        assert_eq!(ok.status, StatusCode::OK, "{key}: {:?}", ok.body);
+    }
+    let mut req = Request::post("/v1/runs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, "bearer new-key");
+    req = req.header("x-request", "1");
+    let started = reply(
+        raw(
+            &app,
+            req.body(Body::from(r#"{"workflow":"w"}"#))
+                .expect("request"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        started.status,
+        StatusCode::CREATED,
+        "the scheme is case-insensitive"
+    );
+    for open in ["/healthz", "/readyz", "/openapi.json"] {
+        let (res, _) = send_with_key(&app, Method::GET, open, None).await;
+        assert_eq!(res.status, StatusCode::OK, "{open} stays open");
+    }
+    let docs = raw(
+        &app,
+        Request::get("/docs/").body(Body::empty()).expect("request"),
+    )
+    .await;
+    assert_eq!(docs.status(), StatusCode::OK, "/docs stays open");
+}
+
+#[sqlx::test(migrations = false)]
+async fn framework_rejections_are_problems_too(pool: PgPool) {
+    let app = router(pool).await;
+    let wrong_method = send(&app, Method::PUT, "/healthz", None).await;
+    assert_problem(&wrong_method, StatusCode::METHOD_NOT_ALLOWED, "PUT");
+    let no_route = get(&app, "/nowhere").await;
+    assert_problem(&no_route, StatusCode::NOT_FOUND, "/nowhere");
+    let bad_query = get(&app, "/v1/runs?limit=many").await;
+    assert_problem(&bad_query, StatusCode::BAD_REQUEST, "limit");
+    let unknown_query = get(&app, "/v1/runs?colour=red").await;
+    assert_problem(&unknown_query, StatusCode::BAD_REQUEST, "colour");
+    let no_type = Request::post("/v1/runs")
+        .body(Body::from(r#"{"workflow":"w"}"#))
+        .expect("request");
+    let no_type = reply(raw(&app, no_type).await).await;
+    assert_problem(&no_type, StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type");
+    let nul = post(&app, "/v1/runs", json!({"workflow": "a\u{0}b"})).await;
+    assert_problem(&nul, StatusCode::UNPROCESSABLE_ENTITY, "U+0000");
+    let nul_input = post(
+        &app,
+        "/v1/runs",
+        json!({"workflow": "w", "input": {"k": "\u{0}"}}),
+    )
+    .await;
+    assert_problem(&nul_input, StatusCode::UNPROCESSABLE_ENTITY, "U+0000");
+    let far = post(
+        &app,
+        "/v1/runs",
+        json!({"workflow": "w", "delay_ms": u64::MAX}),
+    )
+    .await;
+    assert_problem(&far, StatusCode::UNPROCESSABLE_ENTITY, "delay_ms");
 }

@@ -547,6 +547,170 @@ async fn the_simple_example_runs_against_a_real_server(db: TestDb) {
     );
 }
 
+#[sqlx::test(migrations = false)]
+async fn an_oversized_step_result_fails_the_run_with_a_clear_error(pool: sqlx::PgPool) {
+    let mut config = support::fast_config();
+    config.max_payload_bytes = 1024;
+    let server = support::start_server_with(pool, config).await;
+    let url = support::url(&server);
+    let blob_runs = Arc::new(AtomicUsize::new(0));
+
+    let mut worker = Worker::builder(&url, "limits")
+        .build()
+        .await
+        .expect("worker");
+    let counter = blob_runs.clone();
+    worker.register("big_step", move |ctx: WorkflowContext, (): ()| {
+        let counter = counter.clone();
+        async move {
+            let small: u32 = ctx.run("small", async { Ok(1) }).await?;
+            let blob: String = ctx
+                .run("blob", async {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Ok("x".repeat(2000))
+                })
+                .await?;
+            Ok(format!("{small} {}", blob.len()))
+        }
+    });
+    worker.register("big_output", |_ctx: WorkflowContext, (): ()| async move {
+        Ok("y".repeat(2000))
+    });
+    let (stop, handle) = spawn_worker(worker);
+    let client = Client::connect(&url).await.expect("client");
+
+    // Retries are allowed, but retrying cannot shrink the result: the run fails at once.
+    let id = client
+        .workflow("big_step", "limits", ())
+        .retries(3)
+        .await
+        .expect("start");
+    let run = client
+        .wait(id, Duration::from_secs(20))
+        .await
+        .expect("the run ends; it does not hang or retry forever");
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.attempts, 1, "not retried");
+    let error = run.error.expect("an error");
+    assert!(
+        error.contains("step blob failed: its result is over the server's payload limit")
+            && error.contains("the output of step blob is larger than the limit of 1024 bytes"),
+        "{error}"
+    );
+    assert_eq!(blob_runs.load(Ordering::SeqCst), 1);
+    let steps = client.steps(id).await.expect("steps");
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0].key, "small");
+    assert_eq!(steps[1].key, "blob");
+    assert_eq!(steps[1].status, kagzi::StepStatus::Failed);
+    assert!(steps[1].output.is_none(), "nothing half-written");
+    assert!(
+        steps[1]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("over the server's payload limit"))
+    );
+
+    // An output over the limit fails the run the same way.
+    let id = client
+        .workflow("big_output", "limits", ())
+        .retries(3)
+        .await
+        .expect("start");
+    let run = client
+        .wait(id, Duration::from_secs(20))
+        .await
+        .expect("ends");
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.attempts, 1);
+    assert!(
+        run.error.as_deref().is_some_and(|e| e.contains(
+            "the workflow's output is over the server's payload limit: output is larger than the limit of 1024 bytes"
+        )),
+        "{:?}",
+        run.error
+    );
+    assert_eq!(run.output, None);
+
+    // And an input over the limit is refused when the run is started.
+    let refused = client
+        .workflow("big_step", "limits", "z".repeat(2000))
+        .await
+        .expect_err("input over the limit");
+    assert!(
+        matches!(&refused, kagzi::Error::PayloadTooLarge { detail } if detail.contains("input is larger than the limit of 1024 bytes")),
+        "{refused}"
+    );
+
+    stop.cancel();
+    handle.await.expect("worker task").expect("worker stops");
+}
+
+#[sqlx::test(migrations = false)]
+async fn with_api_keys_the_sdk_works_end_to_end(pool: sqlx::PgPool) {
+    let mut config = support::fast_config();
+    config.api_keys = vec!["old-key".into(), "new-key".into()];
+    let server = support::start_server_with(pool, config).await;
+    let url = support::url(&server);
+
+    let mut worker = Worker::builder(&url, "keys")
+        .api_key("new-key")
+        .build()
+        .await
+        .expect("worker");
+    worker.register("greet", |ctx: WorkflowContext, name: String| async move {
+        let greeting = ctx
+            .run("greet", async move { Ok(format!("Hello, {name}!")) })
+            .await?;
+        Ok(greeting)
+    });
+    let (stop, handle) = spawn_worker(worker);
+
+    let client = Client::connect_with_key(&url, "old-key")
+        .await
+        .expect("client");
+    let id = client
+        .workflow("greet", "keys", "World")
+        .await
+        .expect("start with the old key");
+    let greeting: String = client.result(id).await.expect("result");
+    assert_eq!(greeting, "Hello, World!");
+
+    let rotated = Client::builder(&url)
+        .api_key("new-key")
+        .connect()
+        .await
+        .expect("client");
+    assert_eq!(
+        rotated.run(id).await.expect("read with the new key").status,
+        RunStatus::Completed
+    );
+    let wrong = Client::builder(&url)
+        .api_key("stolen")
+        .connect()
+        .await
+        .expect("healthz needs no key");
+    let refused = wrong.run(id).await.expect_err("wrong key");
+    assert!(
+        matches!(&refused, kagzi::Error::Api { status: 401, detail, .. } if detail.contains("not valid")),
+        "{refused}"
+    );
+    let keyless = Client::builder(&url)
+        .api_key("")
+        .connect()
+        .await
+        .expect("client");
+    let refused = keyless.run(id).await.expect_err("no key");
+    assert!(
+        matches!(&refused, kagzi::Error::Api { status: 401, .. }),
+        "{refused}"
+    );
+    assert!(!format!("{client:?} {rotated:?}").contains("-key"));
+
+    stop.cancel();
+    handle.await.expect("worker task").expect("worker stops");
+}
+
 both_stores!(
     a_workflow_runs_step_by_step_and_returns_its_typed_output,
     a_failed_run_is_retried_without_rerunning_finished_steps,

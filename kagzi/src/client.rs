@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::http::{Call, Http, Retry};
+use crate::http::{ApiKey, Call, Http, Retry};
 use crate::types::{Run, RunFilter, RunId, RunPage, RunStatus, Step};
 
 /// How long one `GET /v1/runs/{id}/result` long-poll asks the server to wait.
@@ -23,27 +23,86 @@ const RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// A connection to a Kagzi server for starting and inspecting runs. Cheap to clone.
 ///
-/// If `KAGZI_API_KEY` is set, every request carries it as a bearer token.
+/// **API keys.** When the server has `KAGZI_API_KEY` set, every `/v1` request needs one of
+/// its keys. The client sends the key given to [`ClientBuilder::api_key`] or
+/// [`Client::connect_with_key`]; otherwise the one in the `KAGZI_API_KEY` environment
+/// variable, if set. The key is sent as `Authorization: Bearer <key>` and never logged.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: Http,
 }
 
+/// Configures a [`Client`]; made by [`Client::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "call `.connect().await` to make the client"]
+pub struct ClientBuilder {
+    url: String,
+    api_key: ApiKey,
+}
+
+impl ClientBuilder {
+    /// Send `key` as the API key (instead of `KAGZI_API_KEY`).
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = ApiKey::new(key);
+        self
+    }
+
+    /// Connect to the server and check that it is up (`GET /healthz`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a URL that is not `http(s)://`; [`Error::Http`] or
+    /// [`Error::Api`] if the server cannot be reached or is not healthy.
+    pub async fn connect(self) -> Result<Client> {
+        let http = Http::new(&self.url, 16, self.api_key)?;
+        http.send::<IgnoredAny>(
+            &Call::get(http.url(&["healthz"])).timeout(Duration::from_secs(10)),
+        )
+        .await?;
+        Ok(Client { http })
+    }
+}
+
 impl Client {
+    /// Start configuring a client for the server at `url` (e.g. `http://localhost:50051`).
+    ///
+    /// ```no_run
+    /// # async fn example() -> kagzi::Result<()> {
+    /// let client = kagzi::Client::builder("http://localhost:50051")
+    ///     .api_key("my-key")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            api_key: ApiKey::from_env(),
+        }
+    }
+
     /// Connect to the server at `url` (e.g. `http://localhost:50051`) and check that it is
-    /// up (`GET /healthz`).
+    /// up (`GET /healthz`). Sends the API key in `KAGZI_API_KEY`, if set.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for a URL that is not `http(s)://`; [`Error::Http`] or
     /// [`Error::Api`] if the server cannot be reached or is not healthy.
     pub async fn connect(url: impl Into<String>) -> Result<Client> {
-        let http = Http::new(&url.into(), 16)?;
-        http.send::<IgnoredAny>(
-            &Call::get(http.url(&["healthz"])).timeout(Duration::from_secs(10)),
-        )
-        .await?;
-        Ok(Client { http })
+        Client::builder(url).connect().await
+    }
+
+    /// Connect to the server at `url` with the API key `key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`]. A wrong key is only found out by the first `/v1` call, which
+    /// fails with [`Error::Api`] status 401.
+    pub async fn connect_with_key(
+        url: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Result<Client> {
+        Client::builder(url).api_key(key).connect().await
     }
 
     /// Start building a run of workflow `name` on `queue` with `input`; `.await` it to start

@@ -263,7 +263,13 @@ impl Inner {
                     error: None,
                     attempts,
                 };
-                let recorded = self.report(http, &report).await?;
+                let recorded = match self.report(http, &report).await {
+                    Ok(recorded) => recorded,
+                    Err(Error::PayloadTooLarge { detail }) => {
+                        return Err(self.too_large(http, key, position, attempts, detail).await);
+                    }
+                    Err(e) => return Err(e),
+                };
                 debug!(run_id = %self.run_id, key, attempts, "step completed");
                 Ok(serde_json::from_value(
                     recorded.output.unwrap_or(Value::Null),
@@ -293,6 +299,41 @@ impl Inner {
                 Err(Error::StepFailed { key, message })
             }
         }
+    }
+
+    /// The step's result was refused as too large: record the step as failed (so its
+    /// journal says why) and return the error the step fails with.
+    async fn too_large(
+        &self,
+        http: &Http,
+        key: String,
+        position: u32,
+        attempts: u32,
+        detail: String,
+    ) -> Error {
+        let error = Error::StepResultTooLarge { key, detail };
+        let message = error.to_string();
+        let Error::StepResultTooLarge { key, .. } = &error else {
+            return error;
+        };
+        let report = StepReport {
+            lease_token: self.lease_token,
+            key,
+            position,
+            status: StepStatus::Failed,
+            output: None,
+            error: Some(&message),
+            attempts,
+        };
+        match self.report(http, &report).await {
+            Ok(_) => {}
+            Err(lost @ Error::LeaseLost { .. }) => return lost,
+            Err(e) => {
+                warn!(run_id = %self.run_id, key, error = %e, "could not record step failure");
+            }
+        }
+        warn!(run_id = %self.run_id, key, "step result over the server's payload limit");
+        error
     }
 
     async fn report(&self, http: &Http, report: &StepReport<'_>) -> Result<Step> {

@@ -24,6 +24,25 @@ pub enum Error {
         detail: String,
     },
 
+    /// The server refused a payload (input, output, step result) as larger than its limit
+    /// (`KAGZI_MAX_PAYLOAD_BYTES`, 2 MiB by default). Nothing was written.
+    #[error("over the server's payload limit: {detail}")]
+    PayloadTooLarge {
+        /// The server's explanation: what was too large and the limit.
+        detail: String,
+    },
+
+    /// A step's result is larger than the server's payload limit, so it cannot be recorded:
+    /// the step fails. Retrying the run would only run the step again, so a run that fails
+    /// with this error is not retried.
+    #[error("step {key} failed: its result is over the server's payload limit ({detail})")]
+    StepResultTooLarge {
+        /// The step key.
+        key: String,
+        /// The server's explanation: what was too large and the limit.
+        detail: String,
+    },
+
     /// The worker no longer holds the lease on this run (it was cancelled, reclaimed or
     /// finished elsewhere); the run must be dropped without reporting anything more.
     #[error("lease lost on run {run_id}: the run was cancelled or reclaimed")]

@@ -117,27 +117,55 @@ impl Call {
     }
 }
 
+/// An API key for the server. Never shown by `Debug`, never logged.
+#[derive(Clone, Default)]
+pub(crate) struct ApiKey(Option<String>);
+
+impl ApiKey {
+    /// `key`; an empty key means none.
+    pub(crate) fn new(key: impl Into<String>) -> Self {
+        let key = key.into();
+        ApiKey((!key.trim().is_empty()).then(|| key.trim().to_owned()))
+    }
+
+    /// The key in `KAGZI_API_KEY`, if set and not empty.
+    pub(crate) fn from_env() -> Self {
+        std::env::var("KAGZI_API_KEY")
+            .map(ApiKey::new)
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("Some(<redacted>)"),
+            None => f.write_str("None"),
+        }
+    }
+}
+
 /// A connection pool to one Kagzi server.
 #[derive(Clone)]
 pub(crate) struct Http {
     client: reqwest::Client,
     base: Url,
-    api_key: Option<String>,
+    api_key: ApiKey,
 }
 
 impl fmt::Debug for Http {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http")
             .field("base", &self.base.as_str())
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key", &self.api_key)
             .finish()
     }
 }
 
 impl Http {
-    /// A client for the server at `url`, keeping up to `pool` idle connections warm. The API
-    /// key, if any, comes from `KAGZI_API_KEY`.
-    pub(crate) fn new(url: &str, pool: usize) -> Result<Self> {
+    /// A client for the server at `url`, keeping up to `pool` idle connections warm, sending
+    /// `api_key` (if any) as a bearer token on every request.
+    pub(crate) fn new(url: &str, pool: usize, api_key: ApiKey) -> Result<Self> {
         let base =
             Url::parse(url).map_err(|e| Error::Config(format!("server url {url:?}: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
@@ -152,9 +180,6 @@ impl Http {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(pool.max(4))
             .build()?;
-        let api_key = std::env::var("KAGZI_API_KEY")
-            .ok()
-            .filter(|k| !k.is_empty());
         Ok(Http {
             client,
             base,
@@ -201,8 +226,13 @@ impl Http {
 
     async fn send_once<T: DeserializeOwned>(&self, call: &Call) -> Result<T> {
         let mut request = self.client.request(call.method.clone(), call.url.clone());
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
+        if let Some(key) = &self.api_key.0 {
+            let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {key}"))
+                .map_err(|_| {
+                    Error::Config("the API key has characters a header cannot carry".to_owned())
+                })?;
+            value.set_sensitive(true);
+            request = request.header(reqwest::header::AUTHORIZATION, value);
         }
         if let Some(body) = &call.body {
             request = request
@@ -224,7 +254,14 @@ impl Http {
         {
             return Err(Error::LeaseLost { run_id });
         }
-        Err(problem(status, &body))
+        match problem(status, &body) {
+            Error::Api {
+                status: 413,
+                detail,
+                ..
+            } => Err(Error::PayloadTooLarge { detail }),
+            other => Err(other),
+        }
     }
 }
 
@@ -284,17 +321,27 @@ mod tests {
 
     #[test]
     fn urls_are_joined_under_the_base_path() -> Result<()> {
-        let http = Http::new("http://localhost:50051/", 1)?;
+        let http = Http::new("http://localhost:50051/", 1, ApiKey::default())?;
         assert_eq!(
             http.url(&["v1", "runs", "a b"]).as_str(),
             "http://localhost:50051/v1/runs/a%20b"
         );
-        let http = Http::new("http://proxy/kagzi", 1)?;
+        let http = Http::new("http://proxy/kagzi", 1, ApiKey::default())?;
         assert_eq!(
             http.url(&["healthz"]).as_str(),
             "http://proxy/kagzi/healthz"
         );
-        assert!(Http::new("localhost:50051", 1).is_err());
+        assert!(Http::new("localhost:50051", 1, ApiKey::default()).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_api_key_never_shows_in_debug() -> Result<()> {
+        let http = Http::new("http://localhost:50051", 1, ApiKey::new("s3cret"))?;
+        let debug = format!("{http:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("<redacted>"));
+        assert!(ApiKey::new("  ").0.is_none());
         Ok(())
     }
 

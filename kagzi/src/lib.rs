@@ -62,7 +62,7 @@ mod suspend;
 mod types;
 mod worker;
 
-pub use client::{Client, StartWorkflow};
+pub use client::{Client, ClientBuilder, StartWorkflow};
 pub use context::{RetryPolicy, StepBuilder, WorkflowContext};
 pub use error::{Error, Result};
 pub use types::{Run, RunFilter, RunId, RunPage, RunStatus, Step, StepStatus};

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::context::{JournalEntry, WorkflowContext};
 use crate::error::{Error, Result};
-use crate::http::{Call, Http, Retry, WORKER_RETRY_BUDGET};
+use crate::http::{ApiKey, Call, Http, Retry, WORKER_RETRY_BUDGET};
 use crate::types::RunId;
 
 /// How long one poll waits on the server for work.
@@ -54,9 +54,17 @@ pub struct WorkerBuilder {
     max_concurrent: usize,
     hostname: Option<String>,
     shutdown_grace: Duration,
+    api_key: ApiKey,
 }
 
 impl WorkerBuilder {
+    /// Send `key` as the API key (default: the `KAGZI_API_KEY` environment variable, if
+    /// set). Needed when the server has `KAGZI_API_KEY` set; never logged.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = ApiKey::new(key);
+        self
+    }
+
     /// Run at most `n` workflows at once (default 10; at least 1).
     pub fn max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = n;
@@ -91,7 +99,7 @@ impl WorkerBuilder {
         if self.queue.is_empty() {
             return Err(Error::Config("queue name must not be empty".to_owned()));
         }
-        let http = Http::new(&self.url, self.max_concurrent + 2)?;
+        let http = Http::new(&self.url, self.max_concurrent + 2, self.api_key)?;
         let (stop, _) = watch::channel(false);
         Ok(Worker {
             http,
@@ -162,6 +170,7 @@ impl Worker {
             max_concurrent: 10,
             hostname: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()),
             shutdown_grace: Duration::from_secs(30),
+            api_key: ApiKey::from_env(),
         }
     }
 
@@ -456,7 +465,11 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
                         || e.is::<InvalidOutput>()
                         || matches!(
                             e.downcast_ref::<Error>(),
-                            Some(Error::NonDeterminism { .. })
+                            Some(
+                                Error::NonDeterminism { .. }
+                                    | Error::StepResultTooLarge { .. }
+                                    | Error::PayloadTooLarge { .. }
+                            )
                         ));
                     Err((format!("{e:#}"), retryable))
                 }
@@ -471,33 +484,16 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
             }
         }
     };
-    let run = run_id.to_string();
-    let call = match &outcome {
-        Ok(output) => Call::post(
-            shared.http.url(&["v1", "runs", &run, "complete"]),
-            &CompleteRequest {
-                lease_token,
-                output,
-            },
-        ),
-        Err((error, retryable)) => Call::post(
-            shared.http.url(&["v1", "runs", &run, "fail"]),
-            &FailRequest {
-                lease_token,
-                error,
-                retryable: *retryable,
-            },
-        ),
-    };
-    let reported = match call {
-        Ok(call) => {
-            let call = call
-                .retry(Retry::Transient(WORKER_RETRY_BUDGET))
-                .report(run_id);
-            shared.http.send::<IgnoredAny>(&call).await
-        }
-        Err(e) => Err(e),
-    };
+    let mut outcome = outcome;
+    let mut reported = report_outcome(shared, run_id, lease_token, &outcome).await;
+    if let (Err(Error::PayloadTooLarge { detail }), Ok(_)) = (&reported, &outcome) {
+        // The output can never be recorded: fail the run for good, saying why.
+        outcome = Err((
+            format!("the workflow's output is over the server's payload limit: {detail}"),
+            false,
+        ));
+        reported = report_outcome(shared, run_id, lease_token, &outcome).await;
+    }
     match (reported, &outcome) {
         (Ok(_), Ok(_)) => debug!("run completed"),
         (Ok(_), Err((error, retryable))) => info!(%error, retryable, "run failed"),
@@ -508,6 +504,47 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
             error!(error = %e, "could not report the run's result; its lease will expire and it will be retried")
         }
     }
+}
+
+/// The longest error message a failed run reports; longer ones are cut (on a character
+/// boundary) so the report fits any sensible payload limit.
+const MAX_ERROR_LEN: usize = 64 * 1024;
+
+/// Report how a run ended: `complete` with its output or `fail` with its error.
+async fn report_outcome(
+    shared: &Shared,
+    run_id: RunId,
+    lease_token: Uuid,
+    outcome: &std::result::Result<Value, (String, bool)>,
+) -> Result<IgnoredAny> {
+    let run = run_id.to_string();
+    let call = match outcome {
+        Ok(output) => Call::post(
+            shared.http.url(&["v1", "runs", &run, "complete"]),
+            &CompleteRequest {
+                lease_token,
+                output,
+            },
+        )?,
+        Err((error, retryable)) => {
+            let mut end = error.len().min(MAX_ERROR_LEN);
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            Call::post(
+                shared.http.url(&["v1", "runs", &run, "fail"]),
+                &FailRequest {
+                    lease_token,
+                    error: &error[..end],
+                    retryable: *retryable,
+                },
+            )?
+        }
+    };
+    let call = call
+        .retry(Retry::Transient(WORKER_RETRY_BUDGET))
+        .report(run_id);
+    shared.http.send::<IgnoredAny>(&call).await
 }
 
 /// Keep the held leases alive, stop runs the server says are lost, and re-register if the

@@ -2,9 +2,9 @@
 //! body (`type`, `title`, `status`, `detail`). Server errors are logged here, once, and their
 //! bodies never carry internals.
 
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store;
 
@@ -32,6 +32,14 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request carries no valid API key (only when the server has `KAGZI_API_KEY` set).
+    #[error("{detail}")]
+    Unauthorized {
+        /// What is wrong with the credentials (never the credentials themselves).
+        detail: String,
+        /// The `WWW-Authenticate` challenge to send (RFC 6750).
+        challenge: &'static str,
+    },
     /// The thing named does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -55,14 +63,55 @@ pub enum ApiError {
 /// The handlers' result type.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// An RFC 9457 problem document.
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document: the body of every 4xx and 5xx answer, sent as
+/// `application/problem+json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "urn:kagzi:problem:not-found",
+    "title": "Not found",
+    "status": 404,
+    "detail": "run 0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a not found"
+}))]
+pub struct Problem {
+    /// A URI naming the kind of problem: `urn:kagzi:problem:<slug>`, stable across releases.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
+    #[schema(example = "urn:kagzi:problem:not-found")]
+    pub kind: String,
+    /// A short summary of the kind of problem; the same for every occurrence of a kind.
+    #[schema(example = "Not found")]
+    pub title: String,
+    /// The HTTP status code of the answer.
+    #[schema(example = 404, minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong this time. For 5xx answers it never carries internals; those are logged.
+    #[schema(example = "run 0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a not found")]
+    pub detail: String,
+}
+
+impl Problem {
+    /// A problem of kind `slug` with `status`, `title` and `detail`.
+    pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("urn:kagzi:problem:{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // Serializing four plain fields cannot fail.
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+            body,
+        )
+            .into_response()
+    }
 }
 
 impl ApiError {
@@ -84,6 +133,7 @@ impl ApiError {
                 "payload-too-large",
                 "Payload too large",
             ),
+            Self::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Self::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -120,14 +170,14 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let problem = Problem {
-            kind: format!("urn:kagzi:problem:{slug}"),
-            title,
-            status: status.as_u16(),
-            detail,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], body).into_response()
+        let mut response = Problem::new(status, slug, title, detail).into_response();
+        if let Self::Unauthorized { challenge, .. } = &self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
     }
 }
 

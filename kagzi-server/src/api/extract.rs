@@ -100,11 +100,76 @@ where
     }
 }
 
-/// Refuses `value` when its JSON encoding is longer than `limit` bytes.
+/// Serde helpers for integer fields: JSON Schema counts `7.0` as an integer, so the API
+/// accepts a whole number written with a fraction of zero, and refuses anything out of the
+/// field's documented range (at most `i32::MAX` for what is stored as a 32-bit integer).
+pub(crate) mod whole {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    fn number<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<u64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let value = match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => v,
+            (None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f <= max as f64 => f as u64,
+            _ => {
+                return Err(D::Error::custom(format!(
+                    "invalid value: {n}, expected a whole number from 0 to {max}"
+                )));
+            }
+        };
+        if value > max {
+            return Err(D::Error::custom(format!(
+                "invalid value: {value}, expected a whole number from 0 to {max}"
+            )));
+        }
+        Ok(value)
+    }
+
+    /// A `u32` from 0 to `i32::MAX`.
+    pub(crate) fn u31<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        // The bound keeps the value in range.
+        number(d, i32::MAX as u64).map(|v| v as u32)
+    }
+
+    /// A `u64` from 0 to `i64::MAX`.
+    pub(crate) fn u63<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        number(d, i64::MAX as u64)
+    }
+}
+
+/// A value a request carries into the database.
+pub trait Payload: Serialize {
+    /// Whether any string in it (or, for JSON, any object key) holds U+0000, which
+    /// PostgreSQL cannot store in text or JSON.
+    fn has_nul(&self) -> bool;
+}
+
+impl Payload for String {
+    fn has_nul(&self) -> bool {
+        self.contains('\0')
+    }
+}
+
+impl Payload for serde_json::Value {
+    fn has_nul(&self) -> bool {
+        match self {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(Payload::has_nul),
+            serde_json::Value::Object(map) => {
+                map.iter().any(|(k, v)| k.contains('\0') || v.has_nul())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Refuses `value` when its JSON encoding is longer than `limit` bytes, or when it holds
+/// U+0000 (which the database cannot store).
 ///
 /// # Errors
-/// [`ApiError::PayloadTooLarge`] naming `what` and the limit.
-pub fn check_payload<T: Serialize>(what: &str, value: &T, limit: usize) -> Result<(), ApiError> {
+/// [`ApiError::PayloadTooLarge`] naming `what` and the limit; [`ApiError::InvalidBody`] for
+/// U+0000.
+pub fn check_payload<T: Payload>(what: &str, value: &T, limit: usize) -> Result<(), ApiError> {
     let mut counter = ByteCounter(0);
     // Writing to a counter cannot fail, and a serde_json::Value always serializes.
     let _ = serde_json::to_writer(&mut counter, value);
@@ -113,6 +178,11 @@ pub fn check_payload<T: Serialize>(what: &str, value: &T, limit: usize) -> Resul
             what: what.to_owned(),
             limit,
         });
+    }
+    if value.has_nul() {
+        return Err(ApiError::InvalidBody(format!(
+            "{what} must not contain U+0000 (the NUL character)"
+        )));
     }
     Ok(())
 }

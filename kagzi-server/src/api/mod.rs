@@ -1,32 +1,78 @@
-//! The HTTP/JSON API: one module per resource, problem+json errors, bad-input extractors.
+//! The HTTP/JSON API: one module per resource, problem+json errors, bad-input extractors,
+//! API keys, the OpenAPI document and its Swagger UI.
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod openapi;
 mod reports;
 mod runs;
 mod workers;
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::Method;
-use axum::http::Uri;
-use tower_http::trace::TraceLayer;
+use std::any::Any;
+use std::iter::once;
 
-use self::error::ApiError;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{Method, Response, Uri, header};
+use axum::response::IntoResponse;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
+
+use self::auth::Keys;
+use self::error::{ApiError, PROBLEM_JSON, Problem};
 use self::extract::PayloadLimit;
 use crate::state::AppState;
 
 /// Room for the JSON around a payload (field names, lease token, key) in a request body.
-const ENVELOPE_BYTES: usize = 64 * 1024;
+pub const ENVELOPE_BYTES: usize = 64 * 1024;
 
-/// The router with every route, the fallbacks and the layers.
-pub(crate) fn router(state: AppState) -> Router {
-    let limit = state.config.max_payload_bytes;
-    Router::new()
+/// Every documented route with its OpenAPI description.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(health::router())
         .merge(runs::router())
         .merge(workers::router())
+}
+
+/// The OpenAPI document of the API, as served at `/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, api) = routes().split_for_parts();
+    openapi::finish(api)
+}
+
+/// The OpenAPI document as the pretty JSON committed in `openapi/openapi.json`, ending in
+/// a newline.
+pub fn openapi_json() -> String {
+    let mut json = openapi_document()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    json.push('\n');
+    json
+}
+
+/// The router with every route, the docs, the fallbacks and the layers.
+pub(crate) fn router(state: AppState) -> Router {
+    let limit = state.config.max_payload_bytes;
+    let keys = Keys::new(state.config.api_keys());
+    let (api, doc) = routes().split_for_parts();
+    let doc = openapi::finish(doc);
+    let docs = SwaggerUi::new("/docs").url("/openapi.json", doc).config(
+        SwaggerConfig::from("/openapi.json")
+            // The default validator loads a badge from validator.swagger.io: nothing here
+            // may depend on the internet.
+            .validator_url("none")
+            .try_it_out_enabled(true)
+            .persist_authorization(true),
+    );
+    Router::new()
+        .merge(api)
+        .merge(docs)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(
@@ -36,7 +82,17 @@ pub(crate) fn router(state: AppState) -> Router {
             },
         ))
         .layer(DefaultBodyLimit::max(limit.saturating_add(ENVELOPE_BYTES)))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: axum::middleware::Next| {
+                auth::require_key(keys.clone(), req, next)
+            },
+        ))
+        .layer(CatchPanicLayer::custom(panic_answer))
+        .layer(axum::middleware::map_response(problem_for_bare_errors))
         .layer(TraceLayer::new_for_http())
+        .layer(SetSensitiveRequestHeadersLayer::new(once(
+            header::AUTHORIZATION,
+        )))
         .with_state(state)
 }
 
@@ -46,4 +102,45 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{} does not accept {method}", uri.path()))
+}
+
+/// A handler panicked: log what it said, once, and answer 500 without it.
+fn panic_answer(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    ApiError::Internal(format!("a request handler panicked: {message}")).into_response()
+}
+
+/// A last guard: an error answer that is not already problem+json (from a layer or a
+/// library route, e.g. a Swagger UI asset that does not exist) gets a problem body.
+async fn problem_for_bare_errors(response: Response<Body>) -> Response<Body> {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if is_problem {
+        return response;
+    }
+    let title = status.canonical_reason().unwrap_or("Error");
+    let slug = title.to_lowercase().replace(' ', "-");
+    let detail = if status.is_server_error() {
+        "the server failed to handle the request; the error is in its log".to_owned()
+    } else {
+        format!("the request failed with {status}")
+    };
+    let (parts, _) = response.into_parts();
+    let mut fresh = Problem::new(status, &slug, title, detail).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fresh.headers_mut().append(name, value.clone());
+        }
+    }
+    fresh
 }

@@ -8,25 +8,49 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::{ApiError, Result};
-use super::extract::{Json, Path, check_payload};
+use super::error::{ApiError, Problem, Result};
+use super::extract::{Json, Path, check_payload, whole};
 use crate::model::{Run, RunId, Step, StepStatus};
 use crate::state::AppState;
 use crate::store::{StepReport, Suspend};
 
-/// `POST /v1/runs/{id}/steps` body.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/runs/{id}/steps` body: one step's outcome.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e",
+    "key": "greet",
+    "position": 0,
+    "status": "completed",
+    "output": "Hello, World!"
+}))]
 pub(crate) struct StepBody {
+    /// The lease token from the poll that claimed the run.
     lease_token: Uuid,
+    /// The step key: its name, plus `#n` for the n-th step of that name in the run.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+        example = "greet"
+    )]
     key: String,
+    /// The step's 0-based position in the run, in call order.
+    #[serde(deserialize_with = "whole::u31")]
+    #[schema(maximum = 2147483647, example = 0)]
     position: u32,
+    /// `completed` (with `output`) or `failed` (with `error`).
     status: StepStatus,
+    /// The step's result, for a completed step (default `null`).
     #[serde(default)]
     output: Option<Value>,
+    /// The step's error, for a failed step (default: a note that it gave none).
     #[serde(default)]
+    #[schema(pattern = r"^[^\u0000]*$")]
     error: Option<String>,
-    #[serde(default = "one")]
+    /// How many attempts the step took (default 1).
+    #[serde(default = "one", deserialize_with = "whole::u31")]
+    #[schema(default = 1, maximum = 2147483647, example = 1)]
     attempts: u32,
 }
 
@@ -34,18 +58,27 @@ fn one() -> u32 {
     1
 }
 
-/// Records a step outcome; answers with the journal entry as recorded (for a key that was
-/// already completed, the earlier record: first write wins).
+/// Records a step's outcome; answers with the journal entry as recorded. For a key that was
+/// already completed, that earlier record: the first result wins, and the worker continues
+/// with it.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/steps",
+    tag = "reports",
+    operation_id = "report_step",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    request_body = StepBody,
+    responses(
+        (status = 200, description = "The step as recorded.", body = Step),
+        (status = 409, description = "The run is not held under this lease (cancelled, reclaimed, ended): drop it.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(crate) async fn step(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     Json(body): Json<StepBody>,
 ) -> Result<Json<Step>> {
-    if body.key.is_empty() || body.key.len() > super::runs::MAX_NAME_LEN {
-        return Err(ApiError::InvalidBody(
-            "key must be 1 to 255 bytes long".to_owned(),
-        ));
-    }
+    super::runs::check_name("key", &body.key)?;
     let limit = state.config.max_payload_bytes;
     let (output, error) = match body.status {
         StepStatus::Completed => {
@@ -56,7 +89,7 @@ pub(crate) async fn step(
         _ => {
             let error = body
                 .error
-                .ok_or_else(|| ApiError::InvalidBody("a failed step needs an error".to_owned()))?;
+                .unwrap_or_else(|| "the step failed without an error message".to_owned());
             check_payload(&format!("the error of step {}", body.key), &error, limit)?;
             (None, Some(error))
         }
@@ -77,15 +110,30 @@ pub(crate) async fn step(
 }
 
 /// `POST /v1/runs/{id}/complete` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e", "output": {"message": "Hello, World!"}}))]
 pub(crate) struct CompleteBody {
+    /// The lease token from the poll that claimed the run.
     lease_token: Uuid,
+    /// The workflow's output (default `null`).
     #[serde(default)]
     output: Value,
 }
 
-/// Completes the run with its output.
+/// Completes the run with the workflow's output.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/complete",
+    tag = "reports",
+    operation_id = "complete_run",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    request_body = CompleteBody,
+    responses(
+        (status = 200, description = "The run, now completed.", body = Run),
+        (status = 409, description = "The run is not held under this lease (cancelled, reclaimed, ended).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(crate) async fn complete(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -100,13 +148,18 @@ pub(crate) async fn complete(
 }
 
 /// `POST /v1/runs/{id}/fail` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e", "error": "card declined", "retryable": true}))]
 pub(crate) struct FailBody {
+    /// The lease token from the poll that claimed the run.
     lease_token: Uuid,
+    /// What went wrong.
+    #[schema(pattern = r"^[^\u0000]*$", example = "card declined")]
     error: String,
-    /// False for errors that a retry cannot fix; the run then fails at once.
+    /// False for errors that a retry cannot fix; the run then fails at once (default true).
     #[serde(default = "yes")]
+    #[schema(default = true)]
     retryable: bool,
 }
 
@@ -114,7 +167,20 @@ fn yes() -> bool {
     true
 }
 
-/// Fails the current attempt; the run is retried with backoff while retries remain.
+/// Fails the current attempt; the run is retried with backoff while retries remain (and
+/// the error is retryable), and fails for good otherwise.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/fail",
+    tag = "reports",
+    operation_id = "fail_run",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    request_body = FailBody,
+    responses(
+        (status = 200, description = "The run: `pending` again for a retry, or `failed`.", body = Run),
+        (status = 409, description = "The run is not held under this lease (cancelled, reclaimed, ended).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(crate) async fn fail(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -135,8 +201,9 @@ pub(crate) async fn fail(
     Ok(Json(run))
 }
 
-/// `POST /v1/runs/{id}/suspend` body.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/runs/{id}/suspend` body: what the run waits for (at least one).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"lease_token": "5f0c2b1e-8d4a-4c3b-9e7f-1a2b3c4d5e6f", "until": "2026-11-26T09:00:00Z"}))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SuspendBody {
     lease_token: Uuid,
@@ -153,6 +220,18 @@ pub(crate) struct SuspendBody {
 
 /// Suspends the run (the worker lets go of it): it sleeps, or waits for a signal or a child.
 /// When that already happened, the run is due again at once.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/suspend",
+    tag = "reports",
+    operation_id = "suspend_run",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    request_body = SuspendBody,
+    responses(
+        (status = 200, description = "The run, now sleeping or waiting (or pending, when what it waits for already happened).", body = Run),
+        (status = 409, description = "The run is not held under this lease (cancelled, reclaimed, ended).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(crate) async fn suspend(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -175,8 +254,9 @@ pub(crate) async fn suspend(
     Ok(Json(run))
 }
 
-/// `POST /v1/runs/{id}/signals/{name}/receive` body.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/runs/{id}/signals/{name}/receive` body: the step the signal becomes.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"lease_token": "5f0c2b1e-8d4a-4c3b-9e7f-1a2b3c4d5e6f", "key": "signal:approve", "position": 2}))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReceiveBody {
     lease_token: Uuid,
@@ -185,7 +265,8 @@ pub(crate) struct ReceiveBody {
 }
 
 /// `POST /v1/runs/{id}/signals/{name}/receive` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"step": null}))]
 pub(crate) struct Received {
     /// The step the signal was recorded as (output `{"payload": ...}`); null when no signal
     /// of that name is waiting.
@@ -193,6 +274,21 @@ pub(crate) struct Received {
 }
 
 /// Takes the oldest waiting signal of a name and records it as the step `key`.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/signals/{name}/receive",
+    tag = "reports",
+    operation_id = "receive_signal",
+    params(
+        ("id" = Uuid, Path, description = "The run's id."),
+        ("name" = String, Path, description = "The signal's name."),
+    ),
+    request_body = ReceiveBody,
+    responses(
+        (status = 200, description = "The signal as recorded, or `step: null` when none is waiting.", body = Received),
+        (status = 409, description = "The run is not held under this lease (cancelled, reclaimed, ended).", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(crate) async fn receive(
     State(state): State<AppState>,
     Path((id, name)): Path<(Uuid, String)>,

@@ -2,64 +2,88 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, Result};
-use super::extract::{Json, Path, Query, check_payload};
+use super::error::{ApiError, Problem, Result};
+use super::extract::{Json, Path, Query, check_payload, whole};
 use crate::model::{RetryPolicy, Run, RunId, RunStatus, Step};
 use crate::state::AppState;
 use crate::store::{NewRun, RunFilter};
 
 /// The longest a result long-poll waits.
 const MAX_RESULT_WAIT: Duration = Duration::from_secs(60);
-/// The longest name (workflow, queue) accepted.
+/// The longest name (workflow, queue, step key) accepted, in characters.
 pub(crate) const MAX_NAME_LEN: usize = 255;
+/// The longest start delay accepted: ten years, in milliseconds.
+const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 
 /// The routes of this resource.
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/runs", post(start).get(list))
-        .route("/v1/runs/{id}", get(show))
-        .route("/v1/runs/{id}/steps", get(steps).post(super::reports::step))
-        .route("/v1/runs/{id}/result", get(result))
-        .route("/v1/runs/{id}/cancel", post(cancel))
-        .route("/v1/runs/{id}/signals/{name}", post(signal))
-        .route(
-            "/v1/runs/{id}/signals/{name}/receive",
-            post(super::reports::receive),
-        )
-        .route("/v1/runs/{id}/suspend", post(super::reports::suspend))
-        .route("/v1/runs/{id}/complete", post(super::reports::complete))
-        .route("/v1/runs/{id}/fail", post(super::reports::fail))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start, list))
+        .routes(routes!(show))
+        .routes(routes!(steps, super::reports::step))
+        .routes(routes!(result))
+        .routes(routes!(cancel))
+        .routes(routes!(signal))
+        .routes(routes!(super::reports::receive))
+        .routes(routes!(super::reports::suspend))
+        .routes(routes!(super::reports::complete))
+        .routes(routes!(super::reports::fail))
 }
 
-/// `POST /v1/runs` body.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/runs` body: which workflow to run, on which queue, with what input.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"workflow": "greet", "input": {"name": "World"}}))]
 pub(crate) struct StartRun {
+    /// The name the workflow function is registered under on the workers.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+        example = "greet"
+    )]
     workflow: String,
+    /// The queue the run waits on; workers poll one queue each.
     #[serde(default = "default_queue")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+        default = "default",
+        example = "default"
+    )]
     queue: String,
+    /// The workflow's input: any JSON value (default `null`), at most the payload limit
+    /// (2 MiB by default) as JSON.
     #[serde(default)]
+    #[schema(example = json!({"name": "World"}))]
     input: Value,
-    #[serde(default)]
+    /// How many times a failed run is retried, with exponential backoff.
+    #[serde(default, deserialize_with = "whole::u31")]
+    #[schema(default = 0, maximum = 2147483647, example = 3)]
     retries: u32,
-    /// Start no earlier than this many milliseconds from now.
-    #[serde(default)]
+    /// Start no earlier than this many milliseconds from now (at most ten years).
+    #[serde(default, deserialize_with = "whole::u63")]
+    #[schema(default = 0, maximum = 315360000000_u64, example = 0)]
     delay_ms: u64,
     /// A start with a key that an earlier start used returns that run (200) instead of
     /// creating one; with a different workflow or input it is a 409.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, example = "order-7")]
     idempotency_key: Option<String>,
-    /// The run fails with a timeout once this many milliseconds passed since the start.
+    /// The run fails with a timeout once this many milliseconds passed since the start,
+    /// whatever it is doing (at most ten years).
     #[serde(default)]
+    #[schema(maximum = 315360000000_u64, example = 60000)]
     timeout_ms: Option<u64>,
     /// How a failed run is retried; overrides `retries`.
     #[serde(default)]
@@ -74,26 +98,48 @@ fn default_queue() -> String {
 }
 
 /// `POST /v1/runs` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "status": "pending"}))]
 pub(crate) struct Started {
+    /// The new run's id.
     id: RunId,
+    /// Always `pending`: the run waits for a worker.
     status: RunStatus,
 }
 
-/// Checks a workflow or queue name.
+/// Checks a workflow, queue or step name: not blank, at most [`MAX_NAME_LEN`] characters.
 pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     if name.trim().is_empty() {
         return Err(ApiError::InvalidBody(format!("{what} must not be empty")));
     }
-    if name.len() > MAX_NAME_LEN {
+    if name.contains('\0') {
         return Err(ApiError::InvalidBody(format!(
-            "{what} is {} bytes long; the limit is {MAX_NAME_LEN}",
-            name.len()
+            "{what} must not contain U+0000 (the NUL character)"
+        )));
+    }
+    let len = name.chars().count();
+    if len > MAX_NAME_LEN {
+        return Err(ApiError::InvalidBody(format!(
+            "{what} is {len} characters long; the limit is {MAX_NAME_LEN}"
         )));
     }
     Ok(())
 }
 
+/// Starts a run of a workflow. The run waits as `pending` until a worker of its queue that
+/// can run the workflow claims it.
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    tag = "runs",
+    operation_id = "start_run",
+    request_body = StartRun,
+    responses(
+        (status = 201, description = "The run was started.", body = Started),
+        (status = 200, description = "A run with this idempotency key already exists: that run.", body = Started),
+        (status = 409, description = "The idempotency key belongs to a run of another workflow or input.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn start(
     State(state): State<AppState>,
     Json(req): Json<StartRun>,
@@ -101,8 +147,19 @@ async fn start(
     check_name("workflow", &req.workflow)?;
     check_name("queue", &req.queue)?;
     check_payload("input", &req.input, state.config.max_payload_bytes)?;
+    if req.delay_ms > MAX_DELAY_MS {
+        return Err(ApiError::InvalidBody(format!(
+            "delay_ms must be at most {MAX_DELAY_MS} (ten years), not {}",
+            req.delay_ms
+        )));
+    }
     if let Some(key) = &req.idempotency_key {
         check_name("idempotency_key", key)?;
+    }
+    if let Some(timeout) = req.timeout_ms.filter(|ms| *ms > MAX_DELAY_MS) {
+        return Err(ApiError::InvalidBody(format!(
+            "timeout_ms must be at most {MAX_DELAY_MS} (ten years), not {timeout}"
+        )));
     }
     if let Some(policy) = &req.retry_policy
         && !(policy.backoff_coefficient.is_finite() && policy.backoff_coefficient >= 1.0)
@@ -149,31 +206,58 @@ async fn start(
 }
 
 /// `GET /v1/runs` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only runs of this workflow.
+    #[param(example = "greet")]
     workflow: Option<String>,
+    /// Only runs on this queue.
+    #[param(example = "default")]
     queue: Option<String>,
+    /// Only runs in this status.
     status: Option<RunStatus>,
+    /// At most this many runs (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000, default = 50)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<Uuid>,
     parent_id: Option<Uuid>,
 }
 
 /// `GET /v1/runs` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"runs": [], "next_cursor": null}))]
 pub(crate) struct RunPage {
+    /// The runs, newest first.
     runs: Vec<Run>,
     /// Pass as `cursor` to get the next (older) page; null on the last page.
     next_cursor: Option<RunId>,
 }
 
+/// Lists runs, newest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    tag = "runs",
+    operation_id = "list_runs",
+    params(ListQuery),
+    responses((status = 200, description = "One page of runs.", body = RunPage)),
+)]
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<RunPage>> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and 1000, not {limit}"
         )));
+    }
+    for (name, value) in [("workflow", &q.workflow), ("queue", &q.queue)] {
+        if value.as_ref().is_some_and(|v| v.contains('\0')) {
+            return Err(ApiError::BadRequest(format!(
+                "{name} must not contain U+0000 (the NUL character)"
+            )));
+        }
     }
     let filter = RunFilter {
         workflow: q.workflow,
@@ -193,16 +277,36 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
     Ok(Json(RunPage { runs, next_cursor }))
 }
 
+/// Reads one run as it stands now.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    operation_id = "get_run",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    responses((status = 200, description = "The run.", body = Run)),
+)]
 async fn show(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
     Ok(Json(state.store.get_run(RunId(id)).await?))
 }
 
 /// `GET /v1/runs/{id}/steps` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"steps": [{"key": "greet", "position": 0, "status": "completed", "output": "Hello, World!", "error": null, "attempts": 1, "created_at": "2026-11-26T09:00:00.020Z", "finished_at": "2026-11-26T09:00:00.020Z"}]}))]
 pub(crate) struct StepList {
+    /// The run's journal, in position order.
     steps: Vec<Step>,
 }
 
+/// Lists the run's recorded steps (its journal), in position order.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/steps",
+    tag = "runs",
+    operation_id = "list_steps",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    responses((status = 200, description = "The run's steps.", body = StepList)),
+)]
 async fn steps(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<StepList>> {
     Ok(Json(StepList {
         steps: state.store.list_steps(RunId(id)).await?,
@@ -210,22 +314,39 @@ async fn steps(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Js
 }
 
 /// `GET /v1/runs/{id}/result` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ResultQuery {
-    /// How long to wait for the run to end, in milliseconds (at most 60000).
+    /// How long to wait for the run to end, in milliseconds (default 30000, at most 60000).
+    #[param(default = 30000, maximum = 60000, example = 5000)]
     timeout_ms: Option<u64>,
 }
 
-/// Waits until the run is terminal or the timeout passes, then answers with the run as it
-/// stands; woken by the run's end notification, not by polling.
+/// Waits until the run has ended (completed, failed or cancelled) or the timeout passes,
+/// then answers with the run as it stands: check its `status`.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/result",
+    tag = "runs",
+    operation_id = "wait_for_run",
+    params(("id" = Uuid, Path, description = "The run's id."), ResultQuery),
+    responses((status = 200, description = "The run, ended or (after the timeout) not yet.", body = Run)),
+)]
 async fn result(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     Query(q): Query<ResultQuery>,
 ) -> Result<Json<Run>> {
     let id = RunId(id);
-    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_RESULT_WAIT);
+    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(30_000));
+    if wait > MAX_RESULT_WAIT {
+        return Err(ApiError::BadRequest(format!(
+            "timeout_ms must be at most {}",
+            MAX_RESULT_WAIT.as_millis()
+        )));
+    }
+    let wait = wait.min(state.config.long_poll_max());
     let deadline = tokio::time::Instant::now() + wait;
     let recheck = Duration::from_millis(state.config.poll_recheck_ms);
     let subscription = state.wakeups.runs.subscribe(id);
@@ -246,6 +367,19 @@ async fn result(
     }
 }
 
+/// Cancels a run that has not ended. A running run is stopped by its worker at the next
+/// heartbeat.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    operation_id = "cancel_run",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    responses(
+        (status = 200, description = "The run, now cancelled.", body = Run),
+        (status = 409, description = "The run has already ended.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn cancel(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
     let run = state.store.cancel_run(RunId(id), Utc::now()).await?;
     tracing::info!(run_id = %run.id, "run cancelled");
@@ -253,14 +387,30 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<J
 }
 
 /// `POST /v1/runs/{id}/signals/{name}` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"run_id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "name": "approve"}))]
 pub(crate) struct SignalSent {
     run_id: RunId,
     name: String,
 }
 
 /// Sends a signal (the JSON body is its payload) to a run that has not ended. Signals are
-/// kept until the run receives them, in the order they arrived.
+/// kept until the run receives them, in the order they arrived; a run waiting for one wakes.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/signals/{name}",
+    tag = "runs",
+    operation_id = "send_signal",
+    params(
+        ("id" = Uuid, Path, description = "The run's id."),
+        ("name" = String, Path, description = "The signal's name."),
+    ),
+    request_body(content = serde_json::Value, description = "The signal's payload: any JSON value.", example = json!({"approved": true})),
+    responses(
+        (status = 202, description = "The signal is kept for the run.", body = SignalSent),
+        (status = 409, description = "The run has already ended.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn signal(
     State(state): State<AppState>,
     Path((id, name)): Path<(Uuid, String)>,

@@ -257,11 +257,16 @@ pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
     }
 }
 
-/// The URL without its password, for messages and logs.
+/// `scheme://user:password@host/...` with the password replaced by `<redacted>`, for
+/// messages and logs.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>@{host}")
         }
         _ => url.to_owned(),
     }

@@ -96,6 +96,13 @@ macro_rules! both_stores {
     };
 }
 
+/// A server in this process on a free port, over the test's database, with `config`.
+pub async fn start_server_with(pool: PgPool, config: Config) -> Server {
+    Server::start_with_store(config, Arc::new(PgStore::new(pool)))
+        .await
+        .expect("server starts")
+}
+
 /// The URL a client uses for an in-process server.
 pub fn url(server: &Server) -> String {
     format!("http://{}", server.addr())
