@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use crate::schedule::ScheduleId;
+
 /// Declares a UUID newtype id with the conversions every id needs.
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident) => {
@@ -127,6 +129,10 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     /// When the run ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The schedule that started the run, if one did.
+    pub schedule_id: Option<ScheduleId>,
+    /// The due time of the schedule this run is for (the time it was scheduled at).
+    pub scheduled_at: Option<DateTime<Utc>>,
 }
 
 /// One journal entry: a step's recorded outcome.
