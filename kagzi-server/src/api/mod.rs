@@ -5,6 +5,7 @@ pub mod extract;
 mod health;
 mod reports;
 mod runs;
+mod schedules;
 mod workers;
 
 use axum::Router;
@@ -26,6 +27,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(runs::router())
+        .merge(schedules::router())
         .merge(workers::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

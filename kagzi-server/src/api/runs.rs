@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, Result};
 use super::extract::{Json, Path, Query, check_payload};
-use crate::model::{Run, RunId, RunStatus, Step};
+use crate::model::{Run, RunId, RunStatus, ScheduleId, Step};
 use crate::state::AppState;
 use crate::store::{NewRun, RunFilter};
 
@@ -109,6 +109,8 @@ pub(crate) struct ListQuery {
     workflow: Option<String>,
     queue: Option<String>,
     status: Option<RunStatus>,
+    /// Only runs started by this schedule.
+    schedule_id: Option<Uuid>,
     limit: Option<u32>,
     cursor: Option<Uuid>,
 }
@@ -132,6 +134,7 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
         workflow: q.workflow,
         queue: q.queue,
         status: q.status,
+        schedule_id: q.schedule_id.map(ScheduleId),
         before: q.cursor.map(RunId),
         limit: limit + 1,
     };
