@@ -1,11 +1,12 @@
-//! The Kagzi server: an HTTP/JSON API over a PostgreSQL store, with push-driven long-polls
-//! and a watchdog. [`app`] builds the router (tests drive it without a socket); [`Server`]
+//! The Kagzi server: an HTTP/JSON API over a PostgreSQL store, with push-driven long-polls,
+//! a watchdog and a cron scheduler. [`app`] builds the router (tests drive it without a socket); [`Server`]
 //! runs the whole thing on a socket.
 
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod model;
+pub mod schedule;
 pub mod state;
 pub mod store;
 
@@ -50,7 +51,8 @@ pub struct Server {
 
 impl Server {
     /// Connects to the configured database, migrates it, binds the configured address and
-    /// starts serving, with the notification listener and the watchdog running beside.
+    /// starts serving, with the notification listener, the watchdog and the scheduler running
+    /// beside.
     ///
     /// # Errors
     /// When the database URL is unusable, the database cannot be reached, locked or
@@ -84,6 +86,12 @@ impl Server {
                 state.store.clone(),
                 std::time::Duration::from_millis(state.config.watchdog_ms),
                 state.config.worker_timeout(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(engine::scheduler::run(
+                state.store.clone(),
+                state.wakeups.clone(),
+                std::time::Duration::from_millis(state.config.poll_recheck_ms),
                 shutdown.clone(),
             )),
         ];

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use crate::schedule::ScheduleId;
+
 /// Declares a UUID newtype id with the conversions every id needs.
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident) => {
@@ -168,6 +170,12 @@ pub struct Run {
     /// When the run times out, whatever it is doing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_at: Option<DateTime<Utc>>,
+    /// The schedule that started the run, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<ScheduleId>,
+    /// The due time of the schedule this run is for (the time it was scheduled at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<DateTime<Utc>>,
 }
 
 /// How a failed run is retried, shaped like Temporal's retry policy.

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use kagzi_server::model::{Lease, RunStatus, StepStatus, Worker};
+use kagzi_server::schedule::{CatchUp, Overlap, ScheduleId};
 use kagzi_server::store::{
-    Backoff, Error, NewRun, NewWorker, PgStore, RunFilter, SqliteStore, StepReport, Store,
+    Backoff, Error, NewRun, NewSchedule, NewWorker, PgStore, RunFilter, ScheduleFilter,
+    ScheduleFire, ScheduleKey, ScheduleSpec, ScheduleUpdate, SqliteStore, StepReport, Store,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -539,6 +541,339 @@ async fn migrating_twice_is_harmless(store: Arc<dyn Store>) {
         .expect("second migration run is a no-op");
 }
 
+fn schedule_spec(workflow: &str, overlap: Overlap) -> ScheduleSpec {
+    ScheduleSpec {
+        workflow: workflow.to_owned(),
+        queue: "default".to_owned(),
+        cron: "* * * * * *".to_owned(),
+        time_zone: "UTC".to_owned(),
+        input: json!({"report": true}),
+        retries: 2,
+        overlap,
+        catch_up: CatchUp::default(),
+    }
+}
+
+/// A per-second schedule first due at `first`.
+async fn schedule_at(
+    store: &dyn Store,
+    overlap: Overlap,
+    first: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> kagzi_server::schedule::Schedule {
+    let new = NewSchedule {
+        id: ScheduleId::new(),
+        name: None,
+        spec: schedule_spec("report", overlap),
+        paused: false,
+        next_fire_at: Some(first),
+    };
+    store
+        .create_schedule(&new, now)
+        .await
+        .expect("create schedule")
+}
+
+fn whole_second() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(1)
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+async fn schedule_runs(store: &dyn Store, id: ScheduleId) -> Vec<kagzi_server::model::Run> {
+    let filter = RunFilter {
+        schedule_id: Some(id),
+        limit: 1000,
+        ..RunFilter::default()
+    };
+    store.list_runs(&filter).await.expect("list runs")
+}
+
+async fn schedules_are_stored_named_uniquely_listed_and_found_by_id_or_name(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let new = NewSchedule {
+        id: ScheduleId::new(),
+        name: Some("nightly".to_owned()),
+        spec: schedule_spec("report", Overlap::BufferOne),
+        paused: true,
+        next_fire_at: None,
+    };
+    let created = store.create_schedule(&new, now).await.expect("create");
+    assert_eq!(created.id, new.id);
+    assert_eq!(created.overlap, Overlap::BufferOne);
+    assert_eq!(created.input, json!({"report": true}));
+    assert!(created.paused && created.next_fire_at.is_none());
+    assert_eq!(created.catch_up(), CatchUp::default());
+    let by_name = store
+        .get_schedule(&ScheduleKey::Name("nightly".to_owned()))
+        .await
+        .expect("by name");
+    assert_eq!(by_name, created);
+    let mut again = new.clone();
+    again.id = ScheduleId::new();
+    let taken = store
+        .create_schedule(&again, now)
+        .await
+        .expect_err("name taken");
+    assert!(matches!(taken, Error::Conflict(_)), "{taken:?}");
+    let other = schedule_at(&*store, Overlap::Skip, whole_second(), now).await;
+    let all = store
+        .list_schedules(&ScheduleFilter {
+            limit: 10,
+            ..ScheduleFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        all.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [other.id, created.id]
+    );
+    let paused = store
+        .list_schedules(&ScheduleFilter {
+            paused: Some(true),
+            limit: 10,
+            ..ScheduleFilter::default()
+        })
+        .await
+        .expect("list paused");
+    assert_eq!(
+        paused.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [created.id]
+    );
+    let missing = store
+        .get_schedule(&ScheduleKey::Id(ScheduleId::new()))
+        .await
+        .expect_err("unknown");
+    assert!(matches!(missing, Error::NotFound(_)), "{missing:?}");
+}
+
+async fn firing_starts_one_run_per_due_time_and_a_stale_plan_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    let t0 = whole_second();
+    let schedule = schedule_at(&*store, Overlap::AllowAll, t0, t0 - secs(1)).await;
+    assert_eq!(store.next_schedule_fire().await.expect("next"), Some(t0));
+    assert!(
+        store
+            .due_schedules(t0 - secs(1), 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    let due = store.due_schedules(t0, 10).await.expect("due");
+    assert_eq!(due.iter().map(|s| s.id).collect::<Vec<_>>(), [schedule.id]);
+    let fire = ScheduleFire {
+        id: schedule.id,
+        version: schedule.version,
+        due: vec![t0],
+        next_fire_at: Some(t0 + secs(1)),
+    };
+    let outcome = store.fire_schedule(&fire, t0).await.expect("fire");
+    assert!(outcome.applied);
+    assert_eq!(outcome.started.len(), 1);
+    let runs = schedule_runs(&*store, schedule.id).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, outcome.started[0].0);
+    assert_eq!(runs[0].schedule_id, Some(schedule.id));
+    assert_eq!(runs[0].scheduled_at, Some(t0));
+    assert_eq!((runs[0].workflow.as_str(), runs[0].retries), ("report", 2));
+    assert_eq!(runs[0].input, json!({"report": true}));
+    // The same plan again (another replica's): nothing happens.
+    let stale = store.fire_schedule(&fire, t0).await.expect("fire again");
+    assert!(!stale.applied && stale.started.is_empty());
+    assert_eq!(schedule_runs(&*store, schedule.id).await.len(), 1);
+    let moved = store
+        .get_schedule(&ScheduleKey::Id(schedule.id))
+        .await
+        .expect("get");
+    assert_eq!(moved.next_fire_at, Some(t0 + secs(1)));
+    assert_eq!(moved.last_fired_at, Some(t0));
+    assert!(moved.version > schedule.version);
+    // Even a plan from the new version cannot start a second run for a due time.
+    let repeat = ScheduleFire {
+        version: moved.version,
+        ..fire
+    };
+    let outcome = store.fire_schedule(&repeat, t0).await.expect("fire repeat");
+    assert!(outcome.applied && outcome.started.is_empty());
+    assert_eq!(schedule_runs(&*store, schedule.id).await.len(), 1);
+}
+
+async fn concurrent_fires_of_one_plan_start_exactly_one_run(store: Arc<dyn Store>) {
+    let t0 = whole_second();
+    let schedule = schedule_at(&*store, Overlap::AllowAll, t0, t0 - secs(1)).await;
+    let fire = ScheduleFire {
+        id: schedule.id,
+        version: schedule.version,
+        due: vec![t0],
+        next_fire_at: Some(t0 + secs(1)),
+    };
+    let fires = (0..8).map(|_| {
+        let (store, fire) = (store.clone(), fire.clone());
+        tokio::spawn(async move { store.fire_schedule(&fire, t0).await.expect("fire") })
+    });
+    let outcomes = futures::future::join_all(fires).await;
+    let applied = outcomes
+        .into_iter()
+        .filter(|o| o.as_ref().expect("task").applied)
+        .count();
+    assert_eq!(applied, 1);
+    assert_eq!(schedule_runs(&*store, schedule.id).await.len(), 1);
+}
+
+/// Fires `schedule` (as read now) for `due` at `now`.
+async fn fire_now(
+    store: &dyn Store,
+    id: ScheduleId,
+    due: &[DateTime<Utc>],
+    now: DateTime<Utc>,
+) -> kagzi_server::store::FireOutcome {
+    let current = store.get_schedule(&ScheduleKey::Id(id)).await.expect("get");
+    let fire = ScheduleFire {
+        id,
+        version: current.version,
+        due: due.to_vec(),
+        next_fire_at: Some(now + secs(1)),
+    };
+    store.fire_schedule(&fire, now).await.expect("fire")
+}
+
+async fn finish_all(store: &dyn Store, now: DateTime<Utc>) {
+    let w = worker(store, &["report"]).await;
+    for task in store.claim(&w, 100, now + LEASE, now).await.expect("claim") {
+        store
+            .complete_run(task.run_id, task.lease_token, &json!(null), now)
+            .await
+            .expect("complete");
+    }
+}
+
+async fn overlap_policies_skip_buffer_or_allow_while_a_run_is_unfinished(store: Arc<dyn Store>) {
+    let t0 = whole_second();
+    // skip: a second due time while the first run is pending is dropped.
+    let skip = schedule_at(&*store, Overlap::Skip, t0, t0).await;
+    assert_eq!(fire_now(&*store, skip.id, &[t0], t0).await.started.len(), 1);
+    let skipped = fire_now(&*store, skip.id, &[t0 + secs(1)], t0 + secs(1)).await;
+    assert_eq!((skipped.started.len(), skipped.skipped), (0, 1));
+    finish_all(&*store, t0 + secs(1)).await;
+    let after = fire_now(&*store, skip.id, &[t0 + secs(2)], t0 + secs(2)).await;
+    assert_eq!(after.started.len(), 1);
+    finish_all(&*store, t0 + secs(2)).await;
+
+    // buffer_one: one due time waits for the running run, further ones are dropped.
+    let buffer = schedule_at(&*store, Overlap::BufferOne, t0, t0).await;
+    let first = fire_now(&*store, buffer.id, &[t0], t0).await;
+    assert_eq!(first.started.len(), 1);
+    let held = fire_now(&*store, buffer.id, &[t0 + secs(1)], t0 + secs(1)).await;
+    assert_eq!(held.buffered, Some(t0 + secs(1)));
+    assert_eq!(held.blocked_by, Some(first.started[0].0));
+    let dropped = fire_now(&*store, buffer.id, &[t0 + secs(2)], t0 + secs(2)).await;
+    assert_eq!((dropped.buffered, dropped.skipped), (Some(t0 + secs(1)), 1));
+    assert!(
+        store
+            .due_schedules(t0 + secs(2), 10)
+            .await
+            .expect("due")
+            .iter()
+            .any(|s| s.id == buffer.id),
+        "a buffered schedule stays due"
+    );
+    finish_all(&*store, t0 + secs(2)).await;
+    let released = fire_now(&*store, buffer.id, &[], t0 + secs(2)).await;
+    assert_eq!(
+        released.started.iter().map(|s| s.1).collect::<Vec<_>>(),
+        [t0 + secs(1)]
+    );
+    assert_eq!(released.buffered, None);
+
+    // allow_all: every due time starts.
+    let all = schedule_at(&*store, Overlap::AllowAll, t0, t0).await;
+    fire_now(&*store, all.id, &[t0], t0).await;
+    let both = fire_now(&*store, all.id, &[t0 + secs(1), t0 + secs(2)], t0 + secs(2)).await;
+    assert_eq!(both.started.len(), 2);
+    assert_eq!(schedule_runs(&*store, all.id).await.len(), 3);
+}
+
+async fn pause_resume_update_trigger_and_delete(store: Arc<dyn Store>) {
+    let t0 = whole_second();
+    let schedule = schedule_at(&*store, Overlap::Skip, t0, t0).await;
+    let paused = store
+        .set_schedule_paused(schedule.id, true, None, t0)
+        .await
+        .expect("pause");
+    assert!(paused.paused && paused.next_fire_at.is_none());
+    assert!(
+        store
+            .due_schedules(t0 + secs(60), 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert_eq!(store.next_schedule_fire().await.expect("next"), None);
+    // A plan made before the pause does nothing.
+    let stale = ScheduleFire {
+        id: schedule.id,
+        version: schedule.version,
+        due: vec![t0],
+        next_fire_at: Some(t0 + secs(1)),
+    };
+    assert!(!store.fire_schedule(&stale, t0).await.expect("fire").applied);
+    let resumed = store
+        .set_schedule_paused(schedule.id, false, Some(t0 + secs(60)), t0 + secs(59))
+        .await
+        .expect("resume");
+    assert!(!resumed.paused);
+    assert_eq!(resumed.next_fire_at, Some(t0 + secs(60)));
+
+    let mut spec = schedule_spec("other", Overlap::AllowAll);
+    spec.cron = "0 0 9 * * *".to_owned();
+    let update = ScheduleUpdate {
+        spec,
+        next_fire_at: Some(t0 + secs(3600)),
+    };
+    let conflict = store
+        .update_schedule(schedule.id, schedule.version, &update, t0)
+        .await
+        .expect_err("stale version");
+    assert!(matches!(conflict, Error::Conflict(_)), "{conflict:?}");
+    let updated = store
+        .update_schedule(schedule.id, resumed.version, &update, t0)
+        .await
+        .expect("update");
+    assert_eq!(
+        (updated.workflow.as_str(), updated.cron.as_str()),
+        ("other", "0 0 9 * * *")
+    );
+    assert_eq!(updated.overlap, Overlap::AllowAll);
+
+    let run = store
+        .trigger_schedule(schedule.id, t0)
+        .await
+        .expect("trigger");
+    let triggered = store.get_run(run).await.expect("run");
+    assert_eq!(triggered.schedule_id, Some(schedule.id));
+    assert_eq!(triggered.scheduled_at, Some(t0));
+    assert_eq!(triggered.workflow, "other");
+
+    store.delete_schedule(schedule.id).await.expect("delete");
+    let gone = store
+        .delete_schedule(schedule.id)
+        .await
+        .expect_err("deleted");
+    assert!(matches!(gone, Error::NotFound(_)), "{gone:?}");
+    let gone = store
+        .trigger_schedule(schedule.id, t0)
+        .await
+        .expect_err("deleted");
+    assert!(matches!(gone, Error::NotFound(_)), "{gone:?}");
+    assert_eq!(
+        store.get_run(run).await.expect("run stays").schedule_id,
+        Some(schedule.id)
+    );
+}
+
 /// Runs each named test against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -580,6 +915,11 @@ conformance!(
     cancel_ends_pending_and_running_runs_but_not_finished_ones,
     listing_filters_and_pages_newest_first,
     migrating_twice_is_harmless,
+    schedules_are_stored_named_uniquely_listed_and_found_by_id_or_name,
+    firing_starts_one_run_per_due_time_and_a_stale_plan_changes_nothing,
+    concurrent_fires_of_one_plan_start_exactly_one_run,
+    overlap_policies_skip_buffer_or_allow_while_a_run_is_unfinished,
+    pause_resume_update_trigger_and_delete,
 );
 
 #[tokio::test]

@@ -291,6 +291,11 @@ impl Client {
         Ok(run)
     }
 
+    /// The connection, for the other client modules ([`crate::schedule`]).
+    pub(crate) fn http(&self) -> &Http {
+        &self.http
+    }
+
     fn run_url(&self, id: RunId, tail: Option<&str>) -> reqwest::Url {
         let id = id.to_string();
         match tail {

@@ -98,6 +98,13 @@ impl Call {
         Ok(call)
     }
 
+    /// A `PATCH` request with a JSON body.
+    pub(crate) fn patch(url: Url, body: &impl Serialize) -> Result<Self> {
+        let mut call = Call::new(Method::PATCH, url);
+        call.body = Some(serde_json::to_vec(body)?);
+        Ok(call)
+    }
+
     /// Give up on one attempt after this long (for long-polls: their own timeout plus slack).
     pub(crate) fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);

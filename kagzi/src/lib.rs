@@ -9,6 +9,7 @@
 //! - [`Client`] starts runs and waits for their results.
 //! - [`Worker`] executes runs with the workflow functions registered on it.
 //! - [`WorkflowContext`] is what a workflow function uses to run steps.
+//! - [`Client::schedule`] and [`Client::schedules`] start runs on a cron schedule.
 //!
 //! # Example
 //!
@@ -58,6 +59,7 @@ mod client;
 mod context;
 mod error;
 mod http;
+mod schedule;
 mod suspend;
 mod types;
 mod worker;
@@ -65,5 +67,9 @@ mod worker;
 pub use client::{Client, ClientBuilder, StartWorkflow};
 pub use context::{RetryPolicy, StepBuilder, WorkflowContext};
 pub use error::{Error, Result};
+pub use schedule::{
+    Overlap, Schedule, ScheduleBuilder, ScheduleFilter, ScheduleId, SchedulePage, ScheduleRef,
+    ScheduleUpdate, Schedules,
+};
 pub use types::{Run, RunFilter, RunId, RunPage, RunStatus, Step, StepStatus};
 pub use worker::{ShutdownHandle, Worker, WorkerBuilder};

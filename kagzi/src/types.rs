@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::schedule::ScheduleId;
+
 /// The id of a workflow run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -146,6 +148,12 @@ pub struct Run {
     /// When the run times out, whatever it is doing.
     #[serde(default)]
     pub deadline_at: Option<DateTime<Utc>>,
+    /// The schedule that started the run, if one did.
+    #[serde(default)]
+    pub schedule_id: Option<ScheduleId>,
+    /// The schedule's due time this run is for.
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
 }
 
 /// How a recorded step ended.

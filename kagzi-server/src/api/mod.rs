@@ -8,6 +8,7 @@ mod health;
 pub mod openapi;
 mod reports;
 mod runs;
+mod schedules;
 mod workers;
 
 use std::any::Any;
@@ -37,6 +38,7 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(health::router())
         .merge(runs::router())
+        .merge(schedules::router())
         .merge(workers::router())
 }
 

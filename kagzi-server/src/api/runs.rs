@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, Problem, Result};
 use super::extract::{Json, Path, Query, check_payload, whole};
-use crate::model::{RetryPolicy, Run, RunId, RunStatus, Step};
+use crate::model::{RetryPolicy, Run, RunId, RunStatus, ScheduleId, Step};
 use crate::state::AppState;
 use crate::store::{NewRun, RunFilter};
 
@@ -218,6 +218,8 @@ pub(crate) struct ListQuery {
     queue: Option<String>,
     /// Only runs in this status.
     status: Option<RunStatus>,
+    /// Only runs started by this schedule.
+    schedule_id: Option<Uuid>,
     /// At most this many runs (1 to 1000, default 50).
     #[param(minimum = 1, maximum = 1000, default = 50)]
     limit: Option<u32>,
@@ -231,9 +233,9 @@ pub(crate) struct ListQuery {
 #[schema(example = json!({"runs": [], "next_cursor": null}))]
 pub(crate) struct RunPage {
     /// The runs, newest first.
-    runs: Vec<Run>,
+    pub(crate) runs: Vec<Run>,
     /// Pass as `cursor` to get the next (older) page; null on the last page.
-    next_cursor: Option<RunId>,
+    pub(crate) next_cursor: Option<RunId>,
 }
 
 /// Lists runs, newest first, one page at a time.
@@ -264,6 +266,7 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
         queue: q.queue,
         status: q.status,
         parent_id: q.parent_id.map(RunId),
+        schedule_id: q.schedule_id.map(ScheduleId),
         before: q.cursor.map(RunId),
         limit: limit + 1,
     };

@@ -1,4 +1,6 @@
-//! The background side of the server: wake-ups from the database, and the watchdog.
+//! The background side of the server: wake-ups from the database, the watchdog, and the
+//! cron scheduler.
 
+pub mod scheduler;
 pub mod wakeup;
 pub mod watchdog;

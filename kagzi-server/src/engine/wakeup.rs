@@ -92,6 +92,9 @@ pub struct Wakeups {
     pub queues: Registry<String>,
     /// Result waiters waiting for a run to end.
     pub runs: Registry<RunId>,
+    /// Wakes the scheduler early: a schedule was created, changed or resumed on this server.
+    /// (`notify_one` keeps the wake-up if the scheduler is busy, so none is lost.)
+    pub schedules: Notify,
 }
 
 impl Wakeups {

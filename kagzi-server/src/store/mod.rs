@@ -22,6 +22,7 @@ use crate::engine::wakeup::Wakeups;
 use crate::model::{
     Lease, RetryPolicy, Run, RunId, RunStatus, Step, StepStatus, Task, Worker, WorkerId,
 };
+use crate::schedule::{CatchUp, Overlap, Schedule, ScheduleId};
 
 /// Where runs, steps and workers are kept. Every method that depends on the time takes `now`,
 /// so tests control the clock. Every change that makes work due or ends a run wakes the
@@ -232,6 +233,88 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// On a database failure.
     async fn mark_workers_offline(&self, cutoff: DateTime<Utc>) -> Result<u64>;
+
+    /// Stores a new schedule.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when a schedule with the same id or name exists.
+    async fn create_schedule(&self, new: &NewSchedule, now: DateTime<Utc>) -> Result<Schedule>;
+
+    /// One schedule, by id or by name.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown schedule.
+    async fn get_schedule(&self, key: &ScheduleKey) -> Result<Schedule>;
+
+    /// Schedules matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn list_schedules(&self, filter: &ScheduleFilter) -> Result<Vec<Schedule>>;
+
+    /// Replaces a schedule's settings and next due time, if it is still at `version`
+    /// (compare-and-set against the scheduler and other writers).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown schedule; [`Error::Conflict`] when it changed since
+    /// `version`.
+    async fn update_schedule(
+        &self,
+        id: ScheduleId,
+        version: i64,
+        update: &ScheduleUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Schedule>;
+
+    /// Pauses a schedule (`next_fire_at` becomes null) or resumes it from `next_fire_at`.
+    /// Pausing a paused schedule or resuming a running one changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown schedule.
+    async fn set_schedule_paused(
+        &self,
+        id: ScheduleId,
+        paused: bool,
+        next_fire_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Schedule>;
+
+    /// Deletes a schedule. Its runs stay, still naming it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown schedule.
+    async fn delete_schedule(&self, id: ScheduleId) -> Result<()>;
+
+    /// Starts a run of the schedule now, whatever its due times, pause and overlap policy,
+    /// with `scheduled_at` = `now`; wakes the pollers of its queue.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown schedule.
+    async fn trigger_schedule(&self, id: ScheduleId, now: DateTime<Utc>) -> Result<RunId>;
+
+    /// Up to `limit` schedules that are not paused and have a due time at or before `now` or a
+    /// buffered due time, oldest due first.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn due_schedules(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Schedule>>;
+
+    /// The earliest next due time of any schedule that is not paused.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn next_schedule_fire(&self) -> Result<Option<DateTime<Utc>>>;
+
+    /// Fires a schedule as the scheduler planned it, in one transaction: if the schedule is
+    /// still at `fire.version` and not paused, applies its overlap policy (looking at its runs
+    /// that have not ended), inserts one run per due time to start — never two for the same
+    /// (schedule, due time) — moves `next_fire_at` on and wakes the pollers of its queue.
+    /// When the schedule changed since the plan (another replica fired it, or it was updated,
+    /// paused or deleted), changes nothing and says so.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn fire_schedule(&self, fire: &ScheduleFire, now: DateTime<Utc>) -> Result<FireOutcome>;
 }
 
 /// The default database: an SQLite file in the working directory.
@@ -461,6 +544,8 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     /// Only children of this run.
     pub parent_id: Option<RunId>,
+    /// Only runs started by this schedule.
+    pub schedule_id: Option<ScheduleId>,
     /// Only runs older than this one (the cursor).
     pub before: Option<RunId>,
     /// At most this many runs.
@@ -527,4 +612,101 @@ fn tasks(
             journal: by_run.remove(&run_id).unwrap_or_default(),
         })
         .collect()
+}
+
+/// A schedule's settings: what it starts, when, and its policies.
+#[derive(Debug, Clone)]
+pub struct ScheduleSpec {
+    /// The workflow each run executes.
+    pub workflow: String,
+    /// The queue the runs go to.
+    pub queue: String,
+    /// The cron expression (checked by the caller).
+    pub cron: String,
+    /// The IANA time zone the expression is read in.
+    pub time_zone: String,
+    /// The input of every run.
+    pub input: Value,
+    /// How many times a failed run is retried.
+    pub retries: u32,
+    /// What happens at a due time while the previous run is still going.
+    pub overlap: Overlap,
+    /// Which missed due times start after downtime.
+    pub catch_up: CatchUp,
+}
+
+/// A schedule to create.
+#[derive(Debug, Clone)]
+pub struct NewSchedule {
+    /// Its id.
+    pub id: ScheduleId,
+    /// Its unique name, if any.
+    pub name: Option<String>,
+    /// Its settings.
+    pub spec: ScheduleSpec,
+    /// Whether it starts paused.
+    pub paused: bool,
+    /// Its first due time (null when paused).
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// New settings for a schedule.
+#[derive(Debug, Clone)]
+pub struct ScheduleUpdate {
+    /// The settings.
+    pub spec: ScheduleSpec,
+    /// The next due time under the new settings (null when paused).
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// Names a schedule: by id or by its unique name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleKey {
+    /// By id.
+    Id(ScheduleId),
+    /// By name.
+    Name(String),
+}
+
+/// Filters and page position for listing schedules, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleFilter {
+    /// Only schedules of this workflow.
+    pub workflow: Option<String>,
+    /// Only schedules on this queue.
+    pub queue: Option<String>,
+    /// Only paused (true) or only active (false) schedules.
+    pub paused: Option<bool>,
+    /// Only schedules older than this one (the cursor).
+    pub before: Option<ScheduleId>,
+    /// At most this many schedules.
+    pub limit: u32,
+}
+
+/// One firing of a schedule, as the scheduler planned it from the schedule at `version`.
+#[derive(Debug, Clone)]
+pub struct ScheduleFire {
+    /// The schedule.
+    pub id: ScheduleId,
+    /// The version the plan was made from; the fire applies only if it still holds.
+    pub version: i64,
+    /// The due times that came (after catch-up), oldest first.
+    pub due: Vec<DateTime<Utc>>,
+    /// The next due time after this fire.
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// What firing a schedule did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FireOutcome {
+    /// False when the schedule had changed since the plan, and nothing was done.
+    pub applied: bool,
+    /// The runs started, with their due times.
+    pub started: Vec<(RunId, DateTime<Utc>)>,
+    /// Due times dropped by the overlap policy.
+    pub skipped: usize,
+    /// The due time left waiting for the running run to end (`buffer_one`).
+    pub buffered: Option<DateTime<Utc>>,
+    /// A run of the schedule that had not ended, which held back the buffered due time.
+    pub blocked_by: Option<RunId>,
 }

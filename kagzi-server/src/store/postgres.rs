@@ -19,11 +19,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Backoff, Created, Error, NewRun, NewWorker, Result, RunFilter, StepReport, Store, Suspend,
+    Backoff, Created, Error, FireOutcome, NewRun, NewSchedule, NewWorker, Result, RunFilter,
+    ScheduleFilter, ScheduleFire, ScheduleKey, ScheduleUpdate, StepReport, Store, Suspend,
     far_future, retry_after,
 };
 use crate::engine::wakeup::Wakeups;
 use crate::model::{Lease, RetryPolicy, Run, RunId, RunStatus, Step, Task, Worker, WorkerId};
+use crate::schedule::{Overlap, Schedule, ScheduleId};
 
 /// The `NOTIFY` channel that says "a run on this queue may be due" (payload: the queue).
 pub const QUEUE_CHANNEL: &str = "kagzi_queue";
@@ -34,7 +36,17 @@ pub const RUN_DONE_CHANNEL: &str = "kagzi_run_done";
 macro_rules! run_columns {
     () => {
         "id, workflow, queue, status, input, output, error, attempts, retries, created_at, \
-         started_at, finished_at, wake_at, waiting_for, parent_id, idempotency_key, deadline_at"
+         started_at, finished_at, wake_at, waiting_for, parent_id, idempotency_key, deadline_at, \
+         schedule_id, scheduled_at"
+    };
+}
+
+/// The columns of [`Schedule`].
+macro_rules! schedule_columns {
+    () => {
+        "id, name, workflow, queue, cron, time_zone, input, retries, overlap, catch_up_window_ms, \
+         catch_up_max, paused, next_fire_at, last_fired_at, buffered_at, version, created_at, \
+         updated_at"
     };
 }
 
@@ -234,6 +246,7 @@ impl Store for PgStore {
                 and ($3::text is null or status = $3)
                 and ($4::uuid is null or id < $4)
                 and ($6::uuid is null or parent_id = $6)
+                and ($7::uuid is null or schedule_id = $7)
               order by id desc
               limit $5"
         ))
@@ -243,6 +256,7 @@ impl Store for PgStore {
         .bind(filter.before)
         .bind(i64::from(filter.limit))
         .bind(filter.parent_id)
+        .bind(filter.schedule_id)
         .fetch_all(&self.pool)
         .await?;
         Ok(runs)
@@ -849,6 +863,334 @@ impl Store for PgStore {
         .await?;
         Ok(done.rows_affected())
     }
+
+    async fn create_schedule(&self, new: &NewSchedule, now: DateTime<Utc>) -> Result<Schedule> {
+        let spec = &new.spec;
+        let created = sqlx::query_as::<_, Schedule>(concat!(
+            r"insert into kagzi.schedules
+                  (id, name, workflow, queue, cron, time_zone, input, retries, overlap,
+                   catch_up_window_ms, catch_up_max, paused, next_fire_at, version, created_at,
+                   updated_at)
+              values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14)
+              on conflict do nothing
+              returning ",
+            schedule_columns!()
+        ))
+        .bind(new.id)
+        .bind(new.name.as_deref())
+        .bind(&spec.workflow)
+        .bind(&spec.queue)
+        .bind(&spec.cron)
+        .bind(&spec.time_zone)
+        .bind(Json(&spec.input))
+        .bind(to_i32(spec.retries))
+        .bind(spec.overlap)
+        .bind(spec.catch_up.window_ms.map(to_i64))
+        .bind(to_i32(spec.catch_up.max))
+        .bind(new.paused)
+        .bind(new.next_fire_at)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        created.ok_or_else(|| {
+            Error::Conflict(match &new.name {
+                Some(name) => format!("a schedule with id {} or name {name:?} exists", new.id),
+                None => format!("a schedule with id {} exists", new.id),
+            })
+        })
+    }
+
+    async fn get_schedule(&self, key: &ScheduleKey) -> Result<Schedule> {
+        let found = match key {
+            ScheduleKey::Id(id) => {
+                sqlx::query_as::<_, Schedule>(concat!(
+                    "select ",
+                    schedule_columns!(),
+                    " from kagzi.schedules where id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            ScheduleKey::Name(name) => {
+                sqlx::query_as::<_, Schedule>(concat!(
+                    "select ",
+                    schedule_columns!(),
+                    " from kagzi.schedules where name = $1"
+                ))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        found.ok_or_else(|| match key {
+            ScheduleKey::Id(id) => schedule_not_found(id),
+            ScheduleKey::Name(name) => schedule_not_found(format!("{name:?}")),
+        })
+    }
+
+    async fn list_schedules(&self, filter: &ScheduleFilter) -> Result<Vec<Schedule>> {
+        let schedules = sqlx::query_as::<_, Schedule>(concat!(
+            "select ",
+            schedule_columns!(),
+            r" from kagzi.schedules
+              where ($1::text is null or workflow = $1)
+                and ($2::text is null or queue = $2)
+                and ($3::boolean is null or paused = $3)
+                and ($4::uuid is null or id < $4)
+              order by id desc
+              limit $5"
+        ))
+        .bind(filter.workflow.as_deref())
+        .bind(filter.queue.as_deref())
+        .bind(filter.paused)
+        .bind(filter.before)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(schedules)
+    }
+
+    async fn update_schedule(
+        &self,
+        id: ScheduleId,
+        version: i64,
+        update: &ScheduleUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Schedule> {
+        let spec = &update.spec;
+        let updated = sqlx::query_as::<_, Schedule>(concat!(
+            r"update kagzi.schedules
+              set workflow = $3, queue = $4, cron = $5, time_zone = $6, input = $7, retries = $8,
+                  overlap = $9, catch_up_window_ms = $10, catch_up_max = $11,
+                  next_fire_at = $12, version = version + 1, updated_at = $13
+              where id = $1 and version = $2
+              returning ",
+            schedule_columns!()
+        ))
+        .bind(id)
+        .bind(version)
+        .bind(&spec.workflow)
+        .bind(&spec.queue)
+        .bind(&spec.cron)
+        .bind(&spec.time_zone)
+        .bind(Json(&spec.input))
+        .bind(to_i32(spec.retries))
+        .bind(spec.overlap)
+        .bind(spec.catch_up.window_ms.map(to_i64))
+        .bind(to_i32(spec.catch_up.max))
+        .bind(update.next_fire_at)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match updated {
+            Some(schedule) => Ok(schedule),
+            None => {
+                self.get_schedule(&ScheduleKey::Id(id)).await?;
+                Err(Error::Conflict(format!(
+                    "schedule {id} changed while it was being updated; try again"
+                )))
+            }
+        }
+    }
+
+    async fn set_schedule_paused(
+        &self,
+        id: ScheduleId,
+        paused: bool,
+        next_fire_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Schedule> {
+        let changed = sqlx::query_as::<_, Schedule>(concat!(
+            r"update kagzi.schedules
+              set paused = $2, next_fire_at = $3, version = version + 1, updated_at = $4
+              where id = $1 and paused <> $2
+              returning ",
+            schedule_columns!()
+        ))
+        .bind(id)
+        .bind(paused)
+        .bind(next_fire_at)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match changed {
+            Some(schedule) => Ok(schedule),
+            None => self.get_schedule(&ScheduleKey::Id(id)).await,
+        }
+    }
+
+    async fn delete_schedule(&self, id: ScheduleId) -> Result<()> {
+        let deleted = sqlx::query("delete from kagzi.schedules where id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(schedule_not_found(id));
+        }
+        Ok(())
+    }
+
+    async fn trigger_schedule(&self, id: ScheduleId, now: DateTime<Utc>) -> Result<RunId> {
+        let run = RunId::new();
+        let started: Option<(RunId,)> = sqlx::query_as(
+            r"with inserted as (
+                  insert into kagzi.runs
+                      (id, workflow, queue, status, input, retries, available_at, created_at,
+                       updated_at, schedule_id, scheduled_at)
+                  select $2, workflow, queue, 'pending', input, retries, $3, $3, $3, id, $3
+                  from kagzi.schedules where id = $1
+                  on conflict (schedule_id, scheduled_at) do nothing
+                  returning id, queue
+              )
+              select id from inserted, pg_notify($4, queue)",
+        )
+        .bind(id)
+        .bind(run)
+        .bind(now)
+        .bind(QUEUE_CHANNEL)
+        .fetch_optional(&self.pool)
+        .await?;
+        match started {
+            Some((run,)) => Ok(run),
+            None => {
+                self.get_schedule(&ScheduleKey::Id(id)).await?;
+                Err(Error::Conflict(format!(
+                    "schedule {id} already has a run for {now}"
+                )))
+            }
+        }
+    }
+
+    async fn due_schedules(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Schedule>> {
+        let due = sqlx::query_as::<_, Schedule>(concat!(
+            "select ",
+            schedule_columns!(),
+            r" from kagzi.schedules
+              where not paused and (next_fire_at <= $1 or buffered_at is not null)
+              order by next_fire_at
+              limit $2"
+        ))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(due)
+    }
+
+    async fn next_schedule_fire(&self) -> Result<Option<DateTime<Utc>>> {
+        let next: Option<DateTime<Utc>> =
+            sqlx::query_scalar("select min(next_fire_at) from kagzi.schedules where not paused")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(next)
+    }
+
+    async fn fire_schedule(&self, fire: &ScheduleFire, now: DateTime<Utc>) -> Result<FireOutcome> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock makes concurrent fires of one schedule take turns; the version check
+        // makes every turn but the first find the schedule already moved on.
+        let row: Option<(
+            String,
+            String,
+            Json<Value>,
+            i32,
+            Overlap,
+            Option<DateTime<Utc>>,
+        )> = sqlx::query_as(
+            r"select workflow, queue, input, retries, overlap, buffered_at
+                  from kagzi.schedules
+                  where id = $1 and version = $2 and not paused
+                  for update",
+        )
+        .bind(fire.id)
+        .bind(fire.version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((workflow, queue, Json(input), retries, overlap, buffered)) = row else {
+            return Ok(FireOutcome::default());
+        };
+        let active: Option<RunId> = sqlx::query_scalar(
+            r"select id from kagzi.runs
+              where schedule_id = $1 and status not in ('completed', 'failed', 'cancelled')
+              order by id limit 1",
+        )
+        .bind(fire.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let resolution = overlap.resolve(buffered, &fire.due, active.is_some());
+        let mut started = Vec::new();
+        for &at in &resolution.start {
+            let run = (workflow.as_str(), queue.as_str(), &input, retries);
+            if let Some(id) = insert_scheduled_run(&mut tx, fire.id, run, at, now).await? {
+                started.push((id, at));
+            }
+        }
+        sqlx::query(
+            r"update kagzi.schedules
+              set next_fire_at = $2, buffered_at = $3, last_fired_at = coalesce($4, last_fired_at),
+                  version = version + 1, updated_at = $5
+              where id = $1",
+        )
+        .bind(fire.id)
+        .bind(fire.next_fire_at)
+        .bind(resolution.buffered)
+        .bind(resolution.start.last().copied())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if !started.is_empty() {
+            sqlx::query("select pg_notify($1, $2)")
+                .bind(QUEUE_CHANNEL)
+                .bind(&queue)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let blocked_by = resolution
+            .buffered
+            .and(active.or_else(|| started.last().map(|s| s.0)));
+        Ok(FireOutcome {
+            applied: true,
+            started,
+            skipped: resolution.skipped,
+            buffered: resolution.buffered,
+            blocked_by,
+        })
+    }
+}
+
+/// The run a scheduled fire starts; `None` when (schedule, due time) already has one.
+async fn insert_scheduled_run(
+    tx: &mut PgConnection,
+    schedule: ScheduleId,
+    (workflow, queue, input, retries): (&str, &str, &Value, i32),
+    scheduled_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Option<RunId>> {
+    let id: Option<RunId> = sqlx::query_scalar(
+        r"insert into kagzi.runs
+              (id, workflow, queue, status, input, retries, available_at, created_at, updated_at,
+               schedule_id, scheduled_at)
+          values ($1, $2, $3, 'pending', $4, $5, $6, $6, $6, $7, $8)
+          on conflict (schedule_id, scheduled_at) do nothing
+          returning id",
+    )
+    .bind(RunId::new())
+    .bind(workflow)
+    .bind(queue)
+    .bind(Json(input))
+    .bind(retries)
+    .bind(now)
+    .bind(schedule)
+    .bind(scheduled_at)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(id)
+}
+
+fn schedule_not_found(id: impl std::fmt::Display) -> Error {
+    Error::NotFound(format!("schedule {id}"))
 }
 
 /// Sends a notification on `channel`, delivered when the transaction commits.
@@ -890,4 +1232,9 @@ fn not_found(id: RunId) -> Error {
 /// Counts and sizes the API accepts as `u32` are stored as `integer`; larger values saturate.
 fn to_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Durations the API accepts as `u64` milliseconds are stored as `bigint`; larger saturate.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

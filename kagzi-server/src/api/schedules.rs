@@ -1,0 +1,535 @@
+//! `/v1/schedules`: cron schedules that start runs of a workflow at their due times — create,
+//! list, read, change, pause, resume, trigger now, delete, and the runs a schedule started.
+//! `{id}` in a path is a schedule's id or its unique name.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, Problem, Result};
+use super::extract::{Json, Path, Query, check_payload, whole};
+use super::runs::{RunPage, check_name};
+use crate::model::{RunId, RunStatus};
+use crate::schedule::{
+    CatchUp, CronSpec, MAX_CATCH_UP, MIN_CATCH_UP_WINDOW_MS, Overlap, Schedule, ScheduleId,
+};
+use crate::state::AppState;
+use crate::store::{
+    self, NewSchedule, RunFilter, ScheduleFilter, ScheduleKey, ScheduleSpec, ScheduleUpdate,
+};
+
+/// How many times an update is retried when the scheduler fired the schedule meanwhile.
+const UPDATE_ATTEMPTS: usize = 5;
+
+/// The routes of this resource.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(trigger))
+        .routes(routes!(runs))
+}
+
+/// `POST /v1/schedules` body: what to start, when, and the policies.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "daily_report", "workflow": "daily_report", "queue": "reports", "cron": "0 0 9 * * *", "input": {"team": "ops"}}))]
+pub(crate) struct CreateSchedule {
+    /// The schedule's id; one is made up when absent.
+    #[serde(default)]
+    id: Option<Uuid>,
+    /// A unique name, usable in place of the id (not itself a UUID).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, example = "daily_report")]
+    name: Option<String>,
+    /// The workflow each run executes.
+    #[schema(min_length = 1, max_length = 255, example = "daily_report")]
+    workflow: String,
+    /// The queue the runs go to.
+    #[serde(default = "default_queue")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        default = "default",
+        example = "reports"
+    )]
+    queue: String,
+    /// Five fields (`0 9 * * *`), or six with seconds first (`0 0 9 * * *`).
+    #[schema(example = "0 0 9 * * *")]
+    cron: String,
+    /// The IANA time zone the expression is read in.
+    #[serde(default = "default_time_zone")]
+    #[schema(default = "UTC", example = "Europe/Berlin")]
+    time_zone: String,
+    /// The input of every run (any JSON value).
+    #[serde(default)]
+    input: Value,
+    /// How many times a failed run is retried.
+    #[serde(default, deserialize_with = "whole::u31")]
+    #[schema(default = 0, maximum = 2147483647)]
+    retries: u32,
+    /// What happens at a due time while the previous run is still going.
+    #[serde(default)]
+    overlap: Overlap,
+    /// Catch-up: due times older than this many milliseconds are dropped (absent: no limit).
+    #[serde(default)]
+    #[schema(minimum = 1000, maximum = 315360000000_u64)]
+    catch_up_window_ms: Option<u64>,
+    /// Catch-up: at most this many of the most recent missed due times start.
+    #[serde(default = "default_catch_up_max", deserialize_with = "whole::u31")]
+    #[schema(default = 1, maximum = 2147483647)]
+    catch_up_max: u32,
+    /// Create the schedule paused.
+    #[serde(default)]
+    paused: bool,
+}
+
+fn default_queue() -> String {
+    "default".to_owned()
+}
+
+fn default_time_zone() -> String {
+    "UTC".to_owned()
+}
+
+fn default_catch_up_max() -> u32 {
+    CatchUp::default().max
+}
+
+/// `PATCH /v1/schedules/{id}` body: the fields to change; absent fields keep their value.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"cron": "0 30 9 * * *", "overlap": "buffer_one"}))]
+pub(crate) struct UpdateSchedule {
+    /// The workflow each run executes.
+    #[schema(min_length = 1, max_length = 255)]
+    workflow: Option<String>,
+    /// The queue the runs go to.
+    #[schema(min_length = 1, max_length = 255)]
+    queue: Option<String>,
+    /// The cron expression.
+    cron: Option<String>,
+    /// The IANA time zone.
+    time_zone: Option<String>,
+    /// The input of every run.
+    input: Option<Value>,
+    /// How many times a failed run is retried.
+    #[schema(maximum = 2147483647)]
+    retries: Option<u32>,
+    /// The overlap policy.
+    overlap: Option<Overlap>,
+    /// A number sets the window, `null` removes it, absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1000, maximum = 315360000000_u64)]
+    catch_up_window_ms: Option<Option<u64>>,
+    /// Catch-up: at most this many missed due times start.
+    #[schema(maximum = 2147483647)]
+    catch_up_max: Option<u32>,
+}
+
+/// Tells a field set to `null` (`Some(None)`) from an absent one (`None`, by `default`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Checks a schedule's settings and parses its cron expression.
+fn check_spec(spec: &ScheduleSpec, limit: usize) -> Result<CronSpec> {
+    check_name("workflow", &spec.workflow)?;
+    check_name("queue", &spec.queue)?;
+    check_payload("input", &spec.input, limit)?;
+    if !(1..=MAX_CATCH_UP).contains(&spec.catch_up.max) {
+        return Err(ApiError::InvalidBody(format!(
+            "catch_up_max must be between 1 and {MAX_CATCH_UP}, not {}",
+            spec.catch_up.max
+        )));
+    }
+    if let Some(window) = spec.catch_up.window_ms
+        && window < MIN_CATCH_UP_WINDOW_MS
+    {
+        return Err(ApiError::InvalidBody(format!(
+            "catch_up_window_ms must be at least {MIN_CATCH_UP_WINDOW_MS}, not {window}"
+        )));
+    }
+    CronSpec::parse(&spec.cron, &spec.time_zone).map_err(ApiError::InvalidBody)
+}
+
+/// The first due time after `now`, or an error for an expression that never matches.
+fn first_fire(cron: &CronSpec, expr: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    cron.next_after(now).ok_or_else(|| {
+        ApiError::InvalidBody(format!(
+            "cron expression {expr:?} never matches a future time"
+        ))
+    })
+}
+
+/// A path's `{id}`: a UUID is an id, anything else a name.
+fn key(id: &str) -> ScheduleKey {
+    match Uuid::parse_str(id) {
+        Ok(uuid) => ScheduleKey::Id(ScheduleId(uuid)),
+        Err(_) => ScheduleKey::Name(id.to_owned()),
+    }
+}
+
+/// Creates a schedule. Its first run starts at the first due time after now.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules",
+    tag = "schedules",
+    operation_id = "create_schedule",
+    request_body = CreateSchedule,
+    responses(
+        (status = 201, description = "The schedule was created.", body = Schedule),
+        (status = 409, description = "A schedule with this id or name exists.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn create(
+    State(state): State<AppState>,
+    Json(req): Json<CreateSchedule>,
+) -> Result<(StatusCode, Json<Schedule>)> {
+    if let Some(name) = &req.name {
+        check_name("name", name)?;
+        if Uuid::parse_str(name).is_ok() {
+            return Err(ApiError::InvalidBody(
+                "name must not be a UUID: it would be read as an id".to_owned(),
+            ));
+        }
+    }
+    let spec = ScheduleSpec {
+        workflow: req.workflow,
+        queue: req.queue,
+        cron: req.cron,
+        time_zone: req.time_zone,
+        input: req.input,
+        retries: req.retries,
+        overlap: req.overlap,
+        catch_up: CatchUp {
+            window_ms: req.catch_up_window_ms,
+            max: req.catch_up_max,
+        },
+    };
+    let cron = check_spec(&spec, state.config.max_payload_bytes)?;
+    let now = Utc::now();
+    let first = first_fire(&cron, &spec.cron, now)?;
+    let new = NewSchedule {
+        id: req.id.map_or_else(ScheduleId::new, ScheduleId),
+        name: req.name,
+        spec,
+        paused: req.paused,
+        next_fire_at: (!req.paused).then_some(first),
+    };
+    let schedule = state.store.create_schedule(&new, now).await?;
+    state.wakeups.schedules.notify_one();
+    tracing::info!(schedule_id = %schedule.id, cron = %schedule.cron, "schedule created");
+    Ok((StatusCode::CREATED, Json(schedule)))
+}
+
+/// `GET /v1/schedules` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only schedules of this workflow.
+    workflow: Option<String>,
+    /// Only schedules on this queue.
+    queue: Option<String>,
+    /// Only paused (true) or only active (false) schedules.
+    paused: Option<bool>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000, default = 50)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<Uuid>,
+}
+
+/// `GET /v1/schedules` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"schedules": [], "next_cursor": null}))]
+pub(crate) struct SchedulePage {
+    schedules: Vec<Schedule>,
+    /// Pass as `cursor` to get the next (older) page; null on the last page.
+    next_cursor: Option<ScheduleId>,
+}
+
+fn check_limit(limit: Option<u32>) -> Result<u32> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 1000, not {limit}"
+        )));
+    }
+    Ok(limit)
+}
+
+/// Lists schedules, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    tag = "schedules",
+    operation_id = "list_schedules",
+    params(ListQuery),
+    responses((status = 200, description = "A page of schedules.", body = SchedulePage)),
+)]
+async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<SchedulePage>> {
+    let limit = check_limit(q.limit)?;
+    let filter = ScheduleFilter {
+        workflow: q.workflow,
+        queue: q.queue,
+        paused: q.paused,
+        before: q.cursor.map(ScheduleId),
+        limit: limit + 1,
+    };
+    let mut schedules = state.store.list_schedules(&filter).await?;
+    let next_cursor = if schedules.len() > limit as usize {
+        schedules.truncate(limit as usize);
+        schedules.last().map(|s| s.id)
+    } else {
+        None
+    };
+    Ok(Json(SchedulePage {
+        schedules,
+        next_cursor,
+    }))
+}
+
+/// One schedule.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{id}",
+    tag = "schedules",
+    operation_id = "get_schedule",
+    params(("id" = String, Path, description = "The schedule's id or unique name.")),
+    responses(
+        (status = 200, description = "The schedule.", body = Schedule),
+    ),
+)]
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Schedule>> {
+    Ok(Json(state.store.get_schedule(&key(&id)).await?))
+}
+
+/// Changes a schedule's settings. A new cron expression or time zone moves the next due time.
+#[utoipa::path(
+    patch,
+    path = "/v1/schedules/{id}",
+    tag = "schedules",
+    operation_id = "update_schedule",
+    params(("id" = String, Path, description = "The schedule's id or unique name.")),
+    request_body = UpdateSchedule,
+    responses(
+        (status = 200, description = "The schedule, changed.", body = Schedule),
+    ),
+)]
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<UpdateSchedule>,
+) -> Result<Json<Schedule>> {
+    let key = key(&id);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = state.store.get_schedule(&key).await?;
+        let spec = ScheduleSpec {
+            workflow: req.workflow.clone().unwrap_or(current.workflow.clone()),
+            queue: req.queue.clone().unwrap_or(current.queue.clone()),
+            cron: req.cron.clone().unwrap_or(current.cron.clone()),
+            time_zone: req.time_zone.clone().unwrap_or(current.time_zone.clone()),
+            input: req.input.clone().unwrap_or(current.input.clone()),
+            retries: req
+                .retries
+                .unwrap_or(u32::try_from(current.retries).unwrap_or(0)),
+            overlap: req.overlap.unwrap_or(current.overlap),
+            catch_up: CatchUp {
+                window_ms: req
+                    .catch_up_window_ms
+                    .unwrap_or(current.catch_up().window_ms),
+                max: req.catch_up_max.unwrap_or(current.catch_up().max),
+            },
+        };
+        let cron = check_spec(&spec, state.config.max_payload_bytes)?;
+        let now = Utc::now();
+        let timing_changed = spec.cron != current.cron || spec.time_zone != current.time_zone;
+        let next_fire_at = if current.paused {
+            None
+        } else if timing_changed || current.next_fire_at.is_none() {
+            Some(first_fire(&cron, &spec.cron, now)?)
+        } else {
+            current.next_fire_at
+        };
+        let update = ScheduleUpdate { spec, next_fire_at };
+        match state
+            .store
+            .update_schedule(current.id, current.version, &update, now)
+            .await
+        {
+            Ok(schedule) => {
+                state.wakeups.schedules.notify_one();
+                return Ok(Json(schedule));
+            }
+            // The scheduler fired it meanwhile: read it again and reapply.
+            Err(store::Error::Conflict(_)) if attempt < UPDATE_ATTEMPTS => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Deletes a schedule; the runs it started stay.
+#[utoipa::path(
+    delete,
+    path = "/v1/schedules/{id}",
+    tag = "schedules",
+    operation_id = "delete_schedule",
+    params(("id" = String, Path, description = "The schedule's id or unique name.")),
+    responses(
+        (status = 204, description = "The schedule was deleted."),
+    ),
+)]
+async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
+    let schedule = state.store.get_schedule(&key(&id)).await?;
+    state.store.delete_schedule(schedule.id).await?;
+    tracing::info!(schedule_id = %schedule.id, "schedule deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pauses a schedule: nothing fires until it is resumed.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{id}/pause",
+    tag = "schedules",
+    operation_id = "pause_schedule",
+    params(("id" = String, Path, description = "The schedule's id or unique name.")),
+    responses(
+        (status = 200, description = "The schedule, paused.", body = Schedule),
+    ),
+)]
+async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Schedule>> {
+    let schedule = state.store.get_schedule(&key(&id)).await?;
+    let paused = state
+        .store
+        .set_schedule_paused(schedule.id, true, None, Utc::now())
+        .await?;
+    Ok(Json(paused))
+}
+
+/// Resumes from now: the next due time is the first after now, so the due times that passed
+/// while paused are not started.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{id}/resume",
+    tag = "schedules",
+    operation_id = "resume_schedule",
+    params(("id" = String, Path, description = "The schedule's id or unique name.")),
+    responses(
+        (status = 200, description = "The schedule, active again.", body = Schedule),
+        (status = 409, description = "The schedule's expression no longer parses.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Schedule>> {
+    let schedule = state.store.get_schedule(&key(&id)).await?;
+    let cron = schedule.spec().map_err(ApiError::Conflict)?;
+    let now = Utc::now();
+    let next = cron.next_after(now);
+    let resumed = state
+        .store
+        .set_schedule_paused(schedule.id, false, next, now)
+        .await?;
+    state.wakeups.schedules.notify_one();
+    Ok(Json(resumed))
+}
+
+/// `POST /v1/schedules/{id}/trigger` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "status": "pending"}))]
+pub(crate) struct Triggered {
+    id: RunId,
+    status: RunStatus,
+}
+
+/// Starts a run now, even while paused and whatever the overlap policy.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{id}/trigger",
+    tag = "schedules",
+    operation_id = "trigger_schedule",
+    params(("id" = String, Path, description = "The schedule's id or unique name.")),
+    responses(
+        (status = 201, description = "A run was started now.", body = Triggered),
+    ),
+)]
+async fn trigger(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Triggered>)> {
+    let schedule = state.store.get_schedule(&key(&id)).await?;
+    let run = state
+        .store
+        .trigger_schedule(schedule.id, Utc::now())
+        .await?;
+    tracing::info!(schedule_id = %schedule.id, run_id = %run, "schedule triggered");
+    Ok((
+        StatusCode::CREATED,
+        Json(Triggered {
+            id: run,
+            status: RunStatus::Pending,
+        }),
+    ))
+}
+
+/// `GET /v1/schedules/{id}/runs` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RunsQuery {
+    /// Only runs in this status.
+    status: Option<RunStatus>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000, default = 50)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<Uuid>,
+}
+
+/// The runs the schedule started, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{id}/runs",
+    tag = "schedules",
+    operation_id = "list_schedule_runs",
+    params(("id" = String, Path, description = "The schedule's id or unique name."), RunsQuery),
+    responses((status = 200, description = "A page of the schedule's runs.", body = RunPage)),
+)]
+async fn runs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<RunPage>> {
+    let limit = check_limit(q.limit)?;
+    let schedule = state.store.get_schedule(&key(&id)).await?;
+    let filter = RunFilter {
+        status: q.status,
+        schedule_id: Some(schedule.id),
+        before: q.cursor.map(RunId),
+        limit: limit + 1,
+        ..RunFilter::default()
+    };
+    let mut runs = state.store.list_runs(&filter).await?;
+    let next_cursor = if runs.len() > limit as usize {
+        runs.truncate(limit as usize);
+        runs.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(Json(RunPage { runs, next_cursor }))
+}
