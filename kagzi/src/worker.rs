@@ -23,6 +23,7 @@ use crate::context::{JournalEntry, WorkflowContext};
 use crate::error::{Error, Result};
 use crate::http::{Call, Http, Retry, WORKER_RETRY_BUDGET};
 use crate::types::RunId;
+use crate::workflow::Workflow;
 
 /// How long one poll waits on the server for work.
 const POLL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -191,6 +192,54 @@ impl Worker {
                 }
             });
         self.handlers.insert(name.into(), handler);
+        self
+    }
+
+    /// Register a typed workflow: a `#[workflow]` fn, or any [`Workflow`]. It is registered
+    /// under [`Workflow::NAME`]; registering a name again replaces the earlier workflow.
+    ///
+    /// ```no_run
+    /// # use kagzi::{workflow, WorkflowContext};
+    /// #[workflow]
+    /// async fn greet(ctx: WorkflowContext, name: String) -> anyhow::Result<String> {
+    ///     Ok(format!("Hello, {name}!"))
+    /// }
+    ///
+    /// # async fn example() -> kagzi::Result<()> {
+    /// let mut worker = kagzi::Worker::builder("http://localhost:50051", "default")
+    ///     .build()
+    ///     .await?;
+    /// worker.add(greet);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// If the run's input does not deserialize into [`Workflow::Input`], the run fails
+    /// without retries.
+    pub fn add<W: Workflow>(&mut self, workflow: W) -> &mut Self {
+        if let Some(queue) = W::QUEUE.filter(|queue| *queue != self.queue) {
+            warn!(
+                workflow = W::NAME,
+                default_queue = queue,
+                worker_queue = %self.queue,
+                "this worker polls another queue than the workflow's default: runs started with `Client::start` will not reach it"
+            );
+        }
+        let workflow = Arc::new(workflow);
+        let handler: Handler = Arc::new(move |ctx, input| {
+            match serde_json::from_value::<W::Input>(input) {
+                Err(e) => futures::future::ready(Err(anyhow::Error::new(InvalidInput(e)))).boxed(),
+                Ok(input) => {
+                    let fut = workflow.run(ctx, input);
+                    async move {
+                        let output = fut.await?;
+                        serde_json::to_value(&output)
+                            .map_err(|e| anyhow::Error::new(InvalidOutput(e)))
+                    }
+                    .boxed()
+                }
+            }
+        });
+        self.handlers.insert(W::NAME.to_owned(), handler);
         self
     }
 
@@ -435,25 +484,33 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
                 journal,
                 Some(shared.http.clone()),
             );
-            let result = AssertUnwindSafe(async move { handler(ctx, input).await })
-                .catch_unwind()
-                .await;
-            match result {
-                Ok(Ok(output)) => Ok(output),
-                Ok(Err(e)) => {
-                    if let Some(Error::LeaseLost { .. }) = e.downcast_ref::<Error>() {
+            // `#[step]` fns find the run through the task-local context; the workflow's
+            // future is made inside the scope too, in case its fn runs steps before its
+            // first `.await`.
+            let observer = ctx.clone();
+            let body = ctx.clone().scope(async move { handler(ctx, input).await });
+            let result = AssertUnwindSafe(body).catch_unwind().await;
+            match (result, observer.poisoned()) {
+                (_, Some(Error::LeaseLost { .. })) => {
+                    info!("lease lost; dropping the run");
+                    return;
+                }
+                // Even if the workflow swallowed the step's error, a replay that diverged
+                // from the journal must not complete, and retrying cannot help.
+                (_, Some(error @ Error::NonDeterminism { .. })) => Err((error.to_string(), false)),
+                (Ok(Ok(output)), _) => Ok(output),
+                (Ok(Err(e)), _) => {
+                    let kagzi_error = e.chain().find_map(|cause| cause.downcast_ref::<Error>());
+                    if let Some(Error::LeaseLost { .. }) = kagzi_error {
                         info!("lease lost; dropping the run");
                         return;
                     }
                     let retryable = !(e.is::<InvalidInput>()
                         || e.is::<InvalidOutput>()
-                        || matches!(
-                            e.downcast_ref::<Error>(),
-                            Some(Error::NonDeterminism { .. })
-                        ));
+                        || matches!(kagzi_error, Some(Error::NonDeterminism { .. })));
                     Err((format!("{e:#}"), retryable))
                 }
-                Err(panic) => {
+                (Err(panic), _) => {
                     let message = panic
                         .downcast_ref::<&str>()
                         .map(|s| (*s).to_owned())
