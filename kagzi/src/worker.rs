@@ -225,20 +225,23 @@ impl Worker {
             );
         }
         let workflow = Arc::new(workflow);
-        let handler: Handler = Arc::new(move |ctx, input| {
-            match serde_json::from_value::<W::Input>(input) {
-                Err(e) => futures::future::ready(Err(anyhow::Error::new(InvalidInput(e)))).boxed(),
-                Ok(input) => {
-                    let fut = workflow.run(ctx, input);
-                    async move {
-                        let output = fut.await?;
-                        serde_json::to_value(&output)
-                            .map_err(|e| anyhow::Error::new(InvalidOutput(e)))
+        let handler: Handler =
+            Arc::new(
+                move |ctx, input| match serde_json::from_value::<W::Input>(input) {
+                    Err(e) => {
+                        futures::future::ready(Err(anyhow::Error::new(InvalidInput(e)))).boxed()
                     }
-                    .boxed()
-                }
-            }
-        });
+                    Ok(input) => {
+                        let fut = workflow.run(ctx, input);
+                        async move {
+                            let output = fut.await?;
+                            serde_json::to_value(&output)
+                                .map_err(|e| anyhow::Error::new(InvalidOutput(e)))
+                        }
+                        .boxed()
+                    }
+                },
+            );
         self.handlers.insert(W::NAME.to_owned(), handler);
         self
     }
@@ -306,7 +309,10 @@ impl Worker {
         *shared.registration.get_mut() = registration;
         let shared = Arc::new(shared);
 
-        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared)));
+        // Aborted when this future ends *or is dropped*: a worker whose future is dropped
+        // (aborted task, losing `select!` branch) must stop keeping its runs' leases alive,
+        // or those runs could never be reclaimed.
+        let heartbeat = AbortOnDrop(tokio::spawn(heartbeat_loop(Arc::clone(&shared))));
         let mut stop_rx = stop.subscribe();
         let shutdown = async move {
             tokio::select! {
@@ -334,7 +340,7 @@ impl Worker {
                 }
             }
         }
-        heartbeat.abort();
+        drop(heartbeat);
         shared.deregister().await;
         Ok(())
     }
@@ -601,6 +607,15 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             }
             Err(e) => warn!(error = %e, "heartbeat failed"),
         }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
