@@ -21,7 +21,11 @@ pub(crate) fn workflow(model: Workflow) -> TokenStream {
         output,
     } = model;
     let (outer, inner) = split_attrs(&func.attrs);
-    let cfgs: Vec<&Attribute> = outer.iter().copied().filter(|a| a.path().is_ident("cfg")).collect();
+    let cfgs: Vec<&Attribute> = outer
+        .iter()
+        .copied()
+        .filter(|a| a.path().is_ident("cfg"))
+        .collect();
     let vis = &func.vis;
     let ident = &func.sig.ident;
     let sig = &func.sig;
@@ -30,6 +34,10 @@ pub(crate) fn workflow(model: Workflow) -> TokenStream {
         Some(queue) => quote!(::core::option::Option::Some(#queue)),
         None => quote!(::core::option::Option::None),
     };
+    let output_type =
+        quote_spanned!(output.span()=> <#output as ::kagzi::__private::WorkflowResult>::Output);
+    let into_result =
+        quote_spanned!(output.span()=> ::kagzi::__private::WorkflowResult::into_result);
     let ctx = Ident::mixed("__kagzi_ctx");
     let arg = Ident::mixed("__kagzi_input");
     let (input_ty, call) = match &input {
@@ -45,7 +53,7 @@ pub(crate) fn workflow(model: Workflow) -> TokenStream {
         #(#cfgs)*
         impl ::kagzi::Workflow for #ident {
             type Input = #input_ty;
-            type Output = <#output as ::kagzi::__private::WorkflowResult>::Output;
+            type Output = #output_type;
             const NAME: &'static str = #name;
             const QUEUE: ::core::option::Option<&'static str> = #queue;
             const RETRIES: u32 = #retries;
@@ -61,7 +69,7 @@ pub(crate) fn workflow(model: Workflow) -> TokenStream {
                 #sig #block
 
                 async move {
-                    ::kagzi::__private::WorkflowResult::into_result(#call.await)
+                    #into_result(#call.await)
                 }
             }
         }
@@ -94,7 +102,9 @@ pub(crate) fn step(model: Step) -> TokenStream {
     let mut args = Vec::new();
     let mut arg_types = Vec::new();
     for (i, param) in params.iter().enumerate() {
-        let arg = binding(&param.pat).cloned().unwrap_or_else(|| Ident::mixed(&format!("__kagzi_arg{i}")));
+        let arg = binding(&param.pat)
+            .cloned()
+            .unwrap_or_else(|| Ident::mixed(&format!("__kagzi_arg{i}")));
         let mut ty = (*param.ty).clone();
         namer.visit_type_mut(&mut ty);
         args.push(arg);
@@ -122,9 +132,10 @@ pub(crate) fn step(model: Step) -> TokenStream {
 
     let attempt = if attempts.unwrap_or(1) > 1 {
         // Each attempt gets its own copy of the arguments.
-        let clones = args.iter().zip(&arg_types).map(|(arg, ty)| {
-            quote_spanned!(ty.span()=> ::core::clone::Clone::clone(&#arg))
-        });
+        let clones = args
+            .iter()
+            .zip(&arg_types)
+            .map(|(arg, ty)| quote_spanned!(ty.span()=> ::core::clone::Clone::clone(&#arg)));
         quote! {
             move || ::core::option::Option::Some(#ident(#(#clones),*))
         }
@@ -167,7 +178,10 @@ fn split_attrs(attrs: &[Attribute]) -> (Vec<&Attribute>, Vec<&Attribute>) {
         if lint {
             outer.push(attr);
             inner.push(attr);
-        } else if ["doc", "cfg", "deprecated"].iter().any(|o| path.is_ident(o)) {
+        } else if ["doc", "cfg", "deprecated"]
+            .iter()
+            .any(|o| path.is_ident(o))
+        {
             outer.push(attr);
         } else {
             inner.push(attr);

@@ -169,7 +169,10 @@ pub fn step(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// The expansion, or on error the user's item unchanged (so the IDE keeps working) plus the
 /// errors.
-fn emit(expanded: syn::Result<proc_macro2::TokenStream>, item: proc_macro2::TokenStream) -> TokenStream {
+fn emit(
+    expanded: syn::Result<proc_macro2::TokenStream>,
+    item: proc_macro2::TokenStream,
+) -> TokenStream {
     match expanded {
         Ok(tokens) => tokens.into(),
         Err(error) => {

@@ -57,12 +57,8 @@ fn option(meta: Meta, valid: &str) -> syn::Result<Opt> {
 
 /// Parse the annotated item as a fn.
 pub(crate) fn item_fn(item: TokenStream, attr: &str) -> syn::Result<ItemFn> {
-    syn::parse2::<ItemFn>(item).map_err(|e| {
-        syn::Error::new(
-            e.span(),
-            format!("#[{attr}] goes on an `async fn`: {e}"),
-        )
-    })
+    syn::parse2::<ItemFn>(item)
+        .map_err(|e| syn::Error::new(e.span(), format!("#[{attr}] goes on an `async fn`: {e}")))
 }
 
 /// Add `error` to the errors collected so far.

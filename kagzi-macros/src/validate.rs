@@ -76,8 +76,8 @@ pub(crate) fn workflow(options: Vec<Opt>, func: ItemFn) -> syn::Result<Workflow>
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         combine(
             &mut errors,
-            syn::Error::new(
-                sig.generics.span(),
+            syn::Error::new_spanned(
+                &sig.generics,
                 "generic workflows are not supported: a workflow has one concrete input and output type, because runs are started by name with JSON input",
             ),
         );
@@ -101,16 +101,16 @@ pub(crate) fn workflow(options: Vec<Opt>, func: ItemFn) -> syn::Result<Workflow>
                     _ => None,
                 });
                 let error = match misplaced {
-                    Some(ctx) => syn::Error::new(
-                        ctx.span(),
+                    Some(ctx) => syn::Error::new_spanned(
+                        ctx,
                         "the `WorkflowContext` parameter must come first: `(ctx: WorkflowContext, input: Input)`",
                     ),
-                    None if is_context_ref(&first.ty) => syn::Error::new(
-                        first.ty.span(),
+                    None if is_context_ref(&first.ty) => syn::Error::new_spanned(
+                        &first.ty,
                         "take the context by value: `ctx: WorkflowContext` (it is cheap to clone)",
                     ),
-                    None => syn::Error::new(
-                        first.span(),
+                    None => syn::Error::new_spanned(
+                        first,
                         "missing the context parameter: the first parameter of a #[workflow] fn must be `ctx: WorkflowContext`, then the input",
                     ),
                 };
@@ -118,26 +118,36 @@ pub(crate) fn workflow(options: Vec<Opt>, func: ItemFn) -> syn::Result<Workflow>
             }
             match params.get(1) {
                 Some(FnArg::Typed(second)) if !is_context(&second.ty) => {
-                    match owned(&second.ty, "the workflow input is deserialized from JSON and owned by the run: take an owned type (e.g. `String`, not `&str`)") {
+                    match owned(
+                        &second.ty,
+                        "the workflow input is deserialized from JSON and owned by the run: take an owned type (e.g. `String`, not `&str`)",
+                    ) {
                         Ok(()) => input = Some((*second.ty).clone()),
                         Err(e) => combine(&mut errors, e),
                     }
                 }
-                Some(FnArg::Receiver(receiver)) => combine(&mut errors, no_self(receiver, "workflow")),
+                Some(FnArg::Receiver(receiver)) => {
+                    combine(&mut errors, no_self(receiver, "workflow"))
+                }
                 _ => {}
             }
             if let Some(extra) = params.get(2) {
                 combine(
                     &mut errors,
-                    syn::Error::new(
-                        extra.span(),
+                    syn::Error::new_spanned(
+                        extra,
                         "too many parameters: a #[workflow] fn takes the context and at most one input; put several values in a struct or a tuple",
                     ),
                 );
             }
         }
     }
-    let output = returned(sig, "workflow", "a #[workflow] fn must return `Result<Output, Error>`, e.g. `anyhow::Result<Output>`", &mut errors);
+    let output = returned(
+        sig,
+        "workflow",
+        "a #[workflow] fn must return `Result<Output, Error>`, e.g. `anyhow::Result<Output>`",
+        &mut errors,
+    );
 
     match errors {
         Some(errors) => Err(errors),
@@ -170,8 +180,8 @@ pub(crate) fn step(options: Vec<Opt>, func: ItemFn) -> syn::Result<Step> {
             "name" => identifier(&opt).map(|v| name = Some(v)),
             "attempts" => int::<u32>(&opt).and_then(|v| {
                 if v == 0 {
-                    Err(syn::Error::new(
-                        opt.value.span(),
+                    Err(syn::Error::new_spanned(
+                        opt.value,
                         "`attempts` counts the first attempt too, so it must be at least 1",
                     ))
                 } else {
@@ -199,16 +209,16 @@ pub(crate) fn step(options: Vec<Opt>, func: ItemFn) -> syn::Result<Step> {
     if let Some(generic) = generic {
         combine(
             &mut errors,
-            syn::Error::new(
-                generic.span(),
+            syn::Error::new_spanned(
+                generic,
                 "generic steps are not supported: a step's value is journaled as JSON, so its types must be concrete; lifetime parameters are allowed",
             ),
         );
     } else if let Some(clause) = &sig.generics.where_clause {
         combine(
             &mut errors,
-            syn::Error::new(
-                clause.span(),
+            syn::Error::new_spanned(
+                clause,
                 "`where` clauses are not supported on a #[step] fn: its types must be concrete",
             ),
         );
@@ -219,8 +229,8 @@ pub(crate) fn step(options: Vec<Opt>, func: ItemFn) -> syn::Result<Step> {
             FnArg::Receiver(receiver) => combine(&mut errors, no_self(receiver, "step")),
             FnArg::Typed(param) if is_context(&param.ty) || is_context_ref(&param.ty) => combine(
                 &mut errors,
-                syn::Error::new(
-                    param.span(),
+                syn::Error::new_spanned(
+                    param,
                     "a #[step] fn does not take the `WorkflowContext`: it finds the running workflow by itself; remove this parameter",
                 ),
             ),
@@ -236,7 +246,12 @@ pub(crate) fn step(options: Vec<Opt>, func: ItemFn) -> syn::Result<Step> {
             },
         }
     }
-    let output = returned(sig, "step", "a #[step] fn must return `Result<T, E>` (its value is journaled), e.g. `anyhow::Result<T>`", &mut errors);
+    let output = returned(
+        sig,
+        "step",
+        "a #[step] fn must return `Result<T, E>` (its value is journaled), e.g. `anyhow::Result<T>`",
+        &mut errors,
+    );
 
     match errors {
         Some(errors) => Err(errors),
@@ -261,7 +276,10 @@ fn signature(sig: &Signature, attr: &str, errors: &mut Option<syn::Error>) {
             errors,
             syn::Error::new(
                 sig.fn_token.span,
-                format!("a #[{attr}] fn must be `async`: write `async fn {}(..)`", sig.ident),
+                format!(
+                    "a #[{attr}] fn must be `async`: write `async fn {}(..)`",
+                    sig.ident
+                ),
             ),
         );
     }
@@ -280,13 +298,13 @@ fn signature(sig: &Signature, attr: &str, errors: &mut Option<syn::Error>) {
     if let Some(abi) = &sig.abi {
         combine(
             errors,
-            syn::Error::new(abi.span(), format!("a #[{attr}] fn cannot be `extern`")),
+            syn::Error::new_spanned(abi, format!("a #[{attr}] fn cannot be `extern`")),
         );
     }
     if let Some(variadic) = &sig.variadic {
         combine(
             errors,
-            syn::Error::new(variadic.span(), format!("a #[{attr}] fn cannot be variadic")),
+            syn::Error::new_spanned(variadic, format!("a #[{attr}] fn cannot be variadic")),
         );
     }
 }
@@ -295,7 +313,10 @@ fn signature(sig: &Signature, attr: &str, errors: &mut Option<syn::Error>) {
 fn returned(sig: &Signature, attr: &str, message: &str, errors: &mut Option<syn::Error>) -> Type {
     match &sig.output {
         ReturnType::Default => {
-            combine(errors, syn::Error::new(sig.paren_token.span.join(), message));
+            combine(
+                errors,
+                syn::Error::new(sig.paren_token.span.join(), message),
+            );
             Type::Verbatim(proc_macro2::TokenStream::new())
         }
         ReturnType::Type(_, ty) => {
@@ -304,7 +325,9 @@ fn returned(sig: &Signature, attr: &str, message: &str, errors: &mut Option<syn:
                     errors,
                     syn::Error::new(
                         span,
-                        format!("a #[{attr}] fn cannot return `impl Trait`: name the `Result` type"),
+                        format!(
+                            "a #[{attr}] fn cannot return `impl Trait`: name the `Result` type"
+                        ),
                     ),
                 );
             }
@@ -314,8 +337,8 @@ fn returned(sig: &Signature, attr: &str, message: &str, errors: &mut Option<syn:
 }
 
 fn no_self(receiver: &syn::Receiver, attr: &str) -> syn::Error {
-    syn::Error::new(
-        receiver.span(),
+    syn::Error::new_spanned(
+        receiver,
         format!("a #[{attr}] must be a free fn, not a method: `self` is not allowed"),
     )
 }
@@ -353,7 +376,7 @@ fn owned(ty: &Type, message: &str) -> syn::Result<()> {
         ));
     }
     match ty {
-        Type::Reference(r) => Err(syn::Error::new(r.span(), message)),
+        Type::Reference(r) => Err(syn::Error::new_spanned(r, message)),
         _ => Ok(()),
     }
 }
@@ -376,8 +399,8 @@ fn impl_trait(ty: &Type) -> Option<proc_macro2::Span> {
 fn once(seen: &mut Vec<String>, opt: &Opt) -> syn::Result<()> {
     let key = opt.key.to_string();
     if seen.contains(&key) {
-        return Err(syn::Error::new(
-            opt.key.span(),
+        return Err(syn::Error::new_spanned(
+            &opt.key,
             format!("duplicate option `{key}`"),
         ));
     }
@@ -386,8 +409,8 @@ fn once(seen: &mut Vec<String>, opt: &Opt) -> syn::Result<()> {
 }
 
 fn unknown(opt: &Opt, valid: &str) -> syn::Error {
-    syn::Error::new(
-        opt.key.span(),
+    syn::Error::new_spanned(
+        &opt.key,
         format!("unknown option `{}`; expected one of: {valid}", opt.key),
     )
 }
@@ -395,15 +418,15 @@ fn unknown(opt: &Opt, valid: &str) -> syn::Error {
 /// A non-empty string without whitespace (a workflow, queue or step name).
 fn identifier(opt: &Opt) -> syn::Result<String> {
     let Lit::Str(lit) = &opt.value else {
-        return Err(syn::Error::new(
-            opt.value.span(),
+        return Err(syn::Error::new_spanned(
+            &opt.value,
             format!("`{}` must be a string: `{} = \"...\"`", opt.key, opt.key),
         ));
     };
     let value = lit.value();
     if value.is_empty() || value.chars().any(char::is_whitespace) || value.contains('#') {
-        return Err(syn::Error::new(
-            lit.span(),
+        return Err(syn::Error::new_spanned(
+            lit,
             format!(
                 "`{}` must be non-empty, without whitespace or `#` (step keys use `#` for occurrences)",
                 opt.key
@@ -421,8 +444,8 @@ where
 {
     match &opt.value {
         Lit::Int(lit) => lit.base10_parse::<T>(),
-        other => Err(syn::Error::new(
-            other.span(),
+        other => Err(syn::Error::new_spanned(
+            other,
             format!("`{}` must be a whole number: `{} = 3`", opt.key, opt.key),
         )),
     }
@@ -460,8 +483,8 @@ fn duration(opt: &Opt) -> syn::Result<u64> {
         .and_then(|n| n.checked_mul(factor))
         .ok_or_else(|| error(lit.span()))?;
     if ms == 0 {
-        return Err(syn::Error::new(
-            lit.span(),
+        return Err(syn::Error::new_spanned(
+            lit,
             format!("`{}` must be longer than 0", opt.key),
         ));
     }
@@ -493,15 +516,29 @@ mod tests {
         assert_eq!(duration(&opt(quote!(timeout = "30s"))).ok(), Some(30_000));
         assert_eq!(duration(&opt(quote!(timeout = "5m"))).ok(), Some(300_000));
         assert_eq!(duration(&opt(quote!(timeout = "1h"))).ok(), Some(3_600_000));
-        for bad in [quote!(timeout = "30"), quote!(timeout = "s"), quote!(timeout = "0s"), quote!(timeout = "1.5s"), quote!(timeout = 30)] {
+        for bad in [
+            quote!(timeout = "30"),
+            quote!(timeout = "s"),
+            quote!(timeout = "0s"),
+            quote!(timeout = "1.5s"),
+            quote!(timeout = 30),
+        ] {
             assert!(duration(&opt(bad)).is_err());
         }
     }
 
     #[test]
     fn names_must_be_plain() {
-        assert_eq!(identifier(&opt(quote!(name = "charge"))).ok().as_deref(), Some("charge"));
-        for bad in [quote!(name = ""), quote!(name = "a b"), quote!(name = "a#2"), quote!(name = 1)] {
+        assert_eq!(
+            identifier(&opt(quote!(name = "charge"))).ok().as_deref(),
+            Some("charge")
+        );
+        for bad in [
+            quote!(name = ""),
+            quote!(name = "a b"),
+            quote!(name = "a#2"),
+            quote!(name = 1),
+        ] {
             assert!(identifier(&opt(bad)).is_err());
         }
     }

@@ -253,7 +253,11 @@ impl WorkflowContext {
     /// Why this attempt must end the way it does regardless of what the workflow returned:
     /// a non-determinism was found, or the lease was lost.
     pub(crate) fn poisoned(&self) -> Option<Error> {
-        let steps = self.inner.steps.lock().unwrap_or_else(PoisonError::into_inner);
+        let steps = self
+            .inner
+            .steps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         steps
             .poison
             .as_ref()
@@ -442,7 +446,10 @@ impl Inner {
             error: None,
             attempts,
         };
-        let recorded = self.report(http, &report).await.inspect_err(|e| self.note(e))?;
+        let recorded = self
+            .report(http, &report)
+            .await
+            .inspect_err(|e| self.note(e))?;
         debug!(run_id = %self.run_id, key, attempts, "step completed");
         Ok(serde_json::from_value(
             recorded.output.unwrap_or(Value::Null),

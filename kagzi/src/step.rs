@@ -249,11 +249,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_step_with_attempts_retries_with_fresh_copies_of_its_arguments()
-    -> anyhow::Result<()> {
+    async fn a_step_with_attempts_retries_with_fresh_copies_of_its_arguments() -> anyhow::Result<()>
+    {
         let ctx = context(&[]);
         // The step must be *called* inside the scope: that is when it finds the run.
-        let value = ctx.clone().scope(async { flaky("done".to_owned()).await }).await?;
+        let value = ctx
+            .clone()
+            .scope(async { flaky("done".to_owned()).await })
+            .await?;
         assert_eq!(value, "done after 3");
         Ok(())
     }
