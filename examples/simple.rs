@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use kagzi::{Client, Worker, WorkflowContext};
+use kagzi::{Client, Worker, WorkflowContext, step, workflow};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -22,11 +22,17 @@ struct Output {
     message: String,
 }
 
-async fn greet_workflow(ctx: WorkflowContext, input: Input) -> anyhow::Result<Output> {
-    // This step survives server restarts: once recorded, a replay reuses its result.
-    let greeting = ctx
-        .run("greet", async { Ok(format!("Hello, {}!", input.name)) })
-        .await?;
+/// A durable step: once its result is recorded, a replay (after a crash, on another
+/// worker) reuses it instead of running it again.
+#[step]
+async fn compose_greeting(name: &str) -> anyhow::Result<String> {
+    Ok(format!("Hello, {name}!"))
+}
+
+/// The workflow, registered as `greet` with input `Input` and output `Output`.
+#[workflow]
+async fn greet(_ctx: WorkflowContext, input: Input) -> anyhow::Result<Output> {
+    let greeting = compose_greeting(&input.name).await?;
     Ok(Output { message: greeting })
 }
 
@@ -46,25 +52,25 @@ async fn main() -> anyhow::Result<()> {
     let mut worker = Worker::builder(url.as_str(), queue.as_str())
         .build()
         .await?;
-    worker.register("greet", greet_workflow);
+    worker.add(greet);
     let stop = worker.shutdown_handle();
     let mut worker_task = tokio::spawn(worker.run());
 
     // Start a run and wait for its result.
     let client = Client::connect(url.as_str()).await?;
-    let run_id = client
-        .workflow(
-            "greet",
-            queue.as_str(),
+    let run = client
+        .start(
+            greet,
             Input {
                 name: "World".to_string(),
             },
         )
+        .queue(queue.as_str())
         .await?;
-    println!("Started workflow: {run_id}");
+    println!("Started workflow: {}", run.id());
 
     let output = tokio::select! {
-        output = tokio::time::timeout(Duration::from_secs(120), client.result::<Output>(run_id)) => output??,
+        output = tokio::time::timeout(Duration::from_secs(120), run.result()) => output??,
         stopped = &mut worker_task => anyhow::bail!("worker stopped early: {:?}", stopped?),
     };
     println!("{}", output.message);

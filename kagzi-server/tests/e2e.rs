@@ -527,20 +527,7 @@ async fn a_server_restart_with_100_runs_in_flight_loses_nothing(db: TestDb) {
 
 async fn the_simple_example_runs_against_a_real_server(db: TestDb) {
     let server = ServerProcess::start(&db.url(), support::free_port()).await;
-    let output = tokio::process::Command::new(support::example_binary("simple"))
-        .env("KAGZI_SERVER_URL", &server.url)
-        .env("RUST_LOG", "warn")
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("the example finishes within a minute")
-        .expect("the example runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "example failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = support::run_example("simple", &server.url).await;
     assert!(
         stdout.contains("Hello, World!"),
         "example printed: {stdout}"

@@ -399,20 +399,7 @@ async fn invalid_cron_and_unknown_schedules_get_problem_bodies(db: TestDb) {
 
 async fn the_scheduling_example_runs_against_a_real_server(db: TestDb) {
     let server = ServerProcess::start(&db.url(), support::free_port()).await;
-    let output = tokio::process::Command::new(support::example_binary("scheduling"))
-        .env("KAGZI_SERVER_URL", &server.url)
-        .env("RUST_LOG", "warn")
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), output)
-        .await
-        .expect("the example finishes within a minute")
-        .expect("the example runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "example failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = support::run_example("scheduling", &server.url).await;
     assert!(
         stdout.contains("scheduled run"),
         "example printed: {stdout}"

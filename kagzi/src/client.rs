@@ -1,6 +1,8 @@
 //! The client: starts workflow runs, inspects and cancels them, and waits for their results.
 
+use std::fmt;
 use std::future::IntoFuture;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -13,6 +15,10 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::http::{ApiKey, Call, Http, Retry};
 use crate::types::{Run, RunFilter, RunId, RunPage, RunStatus, Step};
+use crate::workflow::Workflow;
+
+/// The queue typed starts use when neither the workflow nor the start names one.
+const DEFAULT_QUEUE: &str = "default";
 
 /// How long one `GET /v1/runs/{id}/result` long-poll asks the server to wait.
 const RESULT_POLL: Duration = Duration::from_secs(30);
@@ -144,6 +150,48 @@ impl Client {
         let call = Call::post(url, &payload)?.retry(Retry::Unsent(RETRY_BUDGET));
         self.http.send::<IgnoredAny>(&call).await?;
         Ok(())
+    }
+
+    /// Start building a run of the typed workflow `workflow` (a `#[workflow]` fn, or any
+    /// [`Workflow`]); `.await` it to start the run and get a [`RunHandle`] whose
+    /// [`result`](RunHandle::result) is the workflow's output type.
+    ///
+    /// The run goes to the workflow's default queue (`#[workflow(queue = "..")]`, else
+    /// `"default"`) with its default retries, unless [`StartRun::queue`] or
+    /// [`StartRun::retries`] say otherwise. The input must be the workflow's input type:
+    /// anything else is a compile error here.
+    ///
+    /// ```no_run
+    /// # use kagzi::{workflow, WorkflowContext};
+    /// #[workflow]
+    /// async fn greet(ctx: WorkflowContext, name: String) -> anyhow::Result<String> {
+    ///     Ok(format!("Hello, {name}!"))
+    /// }
+    ///
+    /// # async fn example(client: kagzi::Client) -> kagzi::Result<()> {
+    /// let run = client.start(greet, "World".to_owned()).await?;
+    /// let message: String = run.result().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn start<W: Workflow>(&self, workflow: W, input: W::Input) -> StartRun<W::Output> {
+        drop(workflow);
+        StartRun {
+            client: self.clone(),
+            start: self
+                .workflow(W::NAME, W::QUEUE.unwrap_or(DEFAULT_QUEUE), input)
+                .retries(W::RETRIES),
+            output: PhantomData,
+        }
+    }
+
+    /// A typed handle on the existing run `id` of workflow `W`, e.g. one started earlier
+    /// whose id was stored. Nothing is checked until the handle is used.
+    pub fn handle<W: Workflow>(&self, id: RunId) -> RunHandle<W::Output> {
+        RunHandle {
+            client: self.clone(),
+            id,
+            output: PhantomData,
+        }
     }
 
     /// The run `id` as it stands now.
@@ -436,5 +484,116 @@ impl IntoFuture for StartWorkflow {
     /// Start the run.
     fn into_future(self) -> Self::IntoFuture {
         self.send().boxed()
+    }
+}
+
+/// A typed run about to be started; made by [`Client::start`]. `.await` it to start the run.
+#[must_use = "the run is only started when this is awaited"]
+pub struct StartRun<O> {
+    client: Client,
+    start: StartWorkflow,
+    output: PhantomData<fn() -> O>,
+}
+
+impl<O> fmt::Debug for StartRun<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StartRun")
+            .field("workflow", &self.start.workflow)
+            .field("queue", &self.start.queue)
+            .field("retries", &self.start.options.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O> StartRun<O> {
+    /// Start the run on `queue` instead of the workflow's default queue.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.start.queue = queue.into();
+        self
+    }
+
+    /// Retry the run up to `retries` times after a failed attempt, instead of the
+    /// workflow's default.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.start = self.start.retries(retries);
+        self
+    }
+}
+
+impl<O: Send + 'static> IntoFuture for StartRun<O> {
+    type Output = Result<RunHandle<O>>;
+    type IntoFuture = BoxFuture<'static, Result<RunHandle<O>>>;
+
+    /// Start the run.
+    fn into_future(self) -> Self::IntoFuture {
+        let StartRun { client, start, .. } = self;
+        async move {
+            let id = start.send().await?;
+            Ok(RunHandle {
+                client,
+                id,
+                output: PhantomData,
+            })
+        }
+        .boxed()
+    }
+}
+
+/// A started run of a typed workflow with output `O`; made by [`Client::start`] or
+/// [`Client::handle`]. Cheap to clone.
+pub struct RunHandle<O> {
+    client: Client,
+    id: RunId,
+    output: PhantomData<fn() -> O>,
+}
+
+impl<O> Clone for RunHandle<O> {
+    fn clone(&self) -> Self {
+        RunHandle {
+            client: self.client.clone(),
+            id: self.id,
+            output: PhantomData,
+        }
+    }
+}
+
+impl<O> fmt::Debug for RunHandle<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunHandle").field("id", &self.id).finish()
+    }
+}
+
+impl<O: DeserializeOwned> RunHandle<O> {
+    /// The run's id.
+    pub fn id(&self) -> RunId {
+        self.id
+    }
+
+    /// Wait for the run to end and return its output; see [`Client::result`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::result`]: [`Error::RunFailed`] or [`Error::RunCancelled`] if the run did
+    /// not complete, transport errors.
+    pub async fn result(&self) -> Result<O> {
+        self.client.result(self.id).await
+    }
+
+    /// The run as it stands now; see [`Client::run`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::run`].
+    pub async fn run(&self) -> Result<Run> {
+        self.client.run(self.id).await
+    }
+
+    /// Cancel the run; see [`Client::cancel`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::cancel`].
+    pub async fn cancel(&self) -> Result<Run> {
+        self.client.cancel(self.id).await
     }
 }

@@ -16,6 +16,12 @@ use crate::error::{Error, Result};
 use crate::http::{Call, Http, Retry, WORKER_RETRY_BUDGET};
 use crate::types::{RunId, Step, StepStatus};
 
+tokio::task_local! {
+    /// The context of the workflow whose future is being polled, set by the worker around
+    /// each run; `#[step]` fns find their run through it.
+    static CURRENT: WorkflowContext;
+}
+
 /// A recorded step result, as the poll hands it to the worker.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct JournalEntry {
@@ -59,6 +65,58 @@ struct StepCounter {
     /// Set once any step has really executed in this attempt: from then on the run may
     /// legitimately diverge from the journal (a step that failed before may succeed now).
     diverged: bool,
+    /// Set when this attempt must not go on: every later step is refused, and the worker
+    /// ends the run accordingly even if the workflow swallowed the step's error.
+    poison: Option<Poison>,
+}
+
+/// Why an attempt cannot go on.
+#[derive(Debug, Clone)]
+enum Poison {
+    /// Replay found a different step than the journal recorded.
+    NonDeterminism {
+        position: u32,
+        recorded: String,
+        requested: String,
+    },
+    /// The server refused a report: this worker no longer holds the run.
+    LeaseLost,
+}
+
+impl Poison {
+    fn to_error(&self, run_id: RunId) -> Error {
+        match self {
+            Poison::NonDeterminism {
+                position,
+                recorded,
+                requested,
+            } => Error::NonDeterminism {
+                position: *position,
+                recorded: recorded.clone(),
+                requested: requested.clone(),
+            },
+            Poison::LeaseLost => Error::LeaseLost { run_id },
+        }
+    }
+}
+
+/// How a step ended without a value; see [`WorkflowContext::start_step`].
+pub(crate) enum StepFailure<E> {
+    /// The step's own code failed on its last attempt (the failure was reported).
+    Body {
+        /// The step key.
+        key: String,
+        /// The last attempt's error.
+        error: E,
+    },
+    /// Kagzi could not run or record the step (non-determinism, lost lease, timeout, ...).
+    Kagzi(Error),
+}
+
+/// How one attempt of a step failed.
+enum AttemptError<E> {
+    Body(E),
+    TimedOut(Duration),
 }
 
 /// What to do for one step call, decided synchronously when the step is called.
@@ -157,22 +215,9 @@ impl WorkflowContext {
         Fut: Future<Output = anyhow::Result<T>> + Send,
         T: Serialize + DeserializeOwned + Send,
     {
-        let inner = Arc::clone(&self.inner);
-        let (key, position, plan) = inner.plan(name);
-        async move {
-            match plan {
-                Plan::Replay(output) => {
-                    debug!(run_id = %inner.run_id, key, "step replayed from the journal");
-                    Ok(serde_json::from_value(output)?)
-                }
-                Plan::Reject(error) => Err(error),
-                Plan::Execute => {
-                    inner.mark_diverged();
-                    let result = fut.await;
-                    inner.finish(key, position, result, 1).await
-                }
-            }
-        }
+        let mut fut = Some(fut);
+        let step = self.start_step(name, RetryPolicy::once(), None, move || fut.take());
+        async move { step.await.map_err(StepFailure::into_error) }
     }
 
     /// Start building a step named `name` with options, e.g. a retry policy:
@@ -191,10 +236,137 @@ impl WorkflowContext {
         StepBuilder {
             ctx: self.clone(),
             name: name.to_owned(),
-            policy: RetryPolicy {
-                max_attempts: 1,
-                ..RetryPolicy::default()
+            policy: RetryPolicy::once(),
+            timeout: None,
+        }
+    }
+
+    /// The context of the workflow run being executed by the current task, if any.
+    ///
+    /// The worker sets it while it polls a workflow; this is how a `#[step]` fn knows that
+    /// it was called inside a run (and which one). `None` outside a workflow.
+    pub fn current() -> Option<WorkflowContext> {
+        CURRENT.try_with(WorkflowContext::clone).ok()
+    }
+
+    /// Poll `fut` with `self` as the [current](Self::current) context.
+    pub(crate) fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, fut)
+    }
+
+    /// Why this attempt must end the way it does regardless of what the workflow returned:
+    /// a non-determinism was found, or the lease was lost.
+    pub(crate) fn poisoned(&self) -> Option<Error> {
+        let steps = self
+            .inner
+            .steps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        steps
+            .poison
+            .as_ref()
+            .map(|poison| poison.to_error(self.inner.run_id))
+    }
+
+    /// Assign the step called `name` its key and position now, and return the future that
+    /// replays it from the journal or runs it: `attempt` makes the future of one attempt
+    /// (`None` once it cannot make another), each attempt bounded by `timeout`, retried as
+    /// `policy` allows. Shared by [`run`](Self::run), [`StepBuilder::run`] and `#[step]`.
+    pub(crate) fn start_step<T, E, F, Fut>(
+        &self,
+        name: &str,
+        policy: RetryPolicy,
+        timeout: Option<Duration>,
+        mut attempt: F,
+    ) -> impl Future<Output = std::result::Result<T, StepFailure<E>>> + Send + use<T, E, F, Fut>
+    where
+        F: FnMut() -> Option<Fut> + Send,
+        Fut: Future<Output = std::result::Result<T, E>> + Send,
+        T: Serialize + DeserializeOwned + Send,
+        E: fmt::Display + Send,
+    {
+        let inner = Arc::clone(&self.inner);
+        let (key, position, plan) = inner.plan(name);
+        async move {
+            match plan {
+                Plan::Replay(output) => {
+                    debug!(run_id = %inner.run_id, key, "step replayed from the journal");
+                    serde_json::from_value(output).map_err(|e| StepFailure::Kagzi(e.into()))
+                }
+                Plan::Reject(error) => Err(StepFailure::Kagzi(error)),
+                Plan::Execute => {
+                    inner.mark_diverged();
+                    let max_attempts = policy.max_attempts.max(1);
+                    let mut attempts = 0;
+                    let mut last = None;
+                    while attempts < max_attempts {
+                        let Some(fut) = attempt() else { break };
+                        attempts += 1;
+                        let outcome = match timeout {
+                            Some(limit) => match tokio::time::timeout(limit, fut).await {
+                                Ok(result) => result.map_err(AttemptError::Body),
+                                Err(_) => Err(AttemptError::TimedOut(limit)),
+                            },
+                            None => fut.await.map_err(AttemptError::Body),
+                        };
+                        match outcome {
+                            Ok(value) => {
+                                return inner
+                                    .record_success(key, position, value, attempts)
+                                    .await
+                                    .map_err(StepFailure::Kagzi);
+                            }
+                            Err(error) => {
+                                if attempts < max_attempts {
+                                    let delay = policy.delay(attempts);
+                                    debug!(run_id = %inner.run_id, key, attempt = attempts, ?delay, error = %error, "step attempt failed; retrying");
+                                    tokio::time::sleep(delay).await;
+                                }
+                                last = Some(error);
+                            }
+                        }
+                    }
+                    let Some(error) = last else {
+                        return Err(StepFailure::Kagzi(Error::Config(format!(
+                            "step {key} could not make an attempt"
+                        ))));
+                    };
+                    let message = error.to_string();
+                    debug!(run_id = %inner.run_id, key, attempts, error = %message, "step failed");
+                    inner
+                        .record_failure(&key, position, &message, attempts)
+                        .await
+                        .map_err(StepFailure::Kagzi)?;
+                    Err(match error {
+                        AttemptError::Body(error) => StepFailure::Body { key, error },
+                        AttemptError::TimedOut(timeout) => {
+                            StepFailure::Kagzi(Error::StepTimedOut { key, timeout })
+                        }
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for AttemptError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Body(error) => write!(f, "{error:#}"),
+            AttemptError::TimedOut(limit) => write!(f, "timed out after {limit:?}"),
+        }
+    }
+}
+
+impl StepFailure<anyhow::Error> {
+    /// The SDK error for a step run through [`WorkflowContext::run`] or [`StepBuilder`].
+    fn into_error(self) -> Error {
+        match self {
+            StepFailure::Body { key, error } => Error::StepFailed {
+                key,
+                message: format!("{error:#}"),
             },
+            StepFailure::Kagzi(error) => error,
         }
     }
 }
@@ -213,19 +385,25 @@ impl Inner {
         let position = steps.next_position;
         steps.next_position += 1;
 
-        let plan = if let Some(output) = self.journal.get(&key) {
+        let recorded = self.recorded_keys.get(&position);
+        let plan = if let Some(poison) = &steps.poison {
+            Plan::Reject(poison.to_error(self.run_id))
+        } else if let Some(recorded) = recorded.filter(|r| !steps.diverged && **r != key) {
+            // Before anything has executed in this attempt, the code must ask for the steps
+            // in the order the journal recorded them — whether or not this key is recorded.
+            let poison = Poison::NonDeterminism {
+                position,
+                recorded: recorded.clone(),
+                requested: key.clone(),
+            };
+            let error = poison.to_error(self.run_id);
+            warn!(run_id = %self.run_id, %error, "replay diverged from the journal");
+            steps.poison = Some(poison);
+            Plan::Reject(error)
+        } else if let Some(output) = self.journal.get(&key) {
             Plan::Replay(output.clone())
         } else {
-            match self.recorded_keys.get(&position) {
-                Some(recorded) if !steps.diverged && *recorded != key => {
-                    Plan::Reject(Error::NonDeterminism {
-                        position,
-                        recorded: recorded.clone(),
-                        requested: key.clone(),
-                    })
-                }
-                _ => Plan::Execute,
-            }
+            Plan::Execute
         };
         (key, position, plan)
     }
@@ -237,84 +415,77 @@ impl Inner {
             .diverged = true;
     }
 
-    /// Report a step's outcome and return the value to continue with.
-    pub(crate) async fn finish<T>(
+    /// Remember that the lease is lost, so every later step of this attempt is refused.
+    fn note(&self, error: &Error) {
+        if let Error::LeaseLost { .. } = error {
+            self.steps
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .poison = Some(Poison::LeaseLost);
+        }
+    }
+
+    /// Record a step's value and return the value to continue with (the recorded one, if
+    /// another report for this key won).
+    pub(crate) async fn record_success<T>(
         &self,
         key: String,
         position: u32,
-        result: anyhow::Result<T>,
+        value: T,
         attempts: u32,
     ) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
     {
-        match result {
-            Ok(value) => {
-                let output = serde_json::to_value(&value)?;
-                let Some(http) = &self.http else {
-                    return Ok(value);
+        let output = serde_json::to_value(&value)?;
+        let Some(http) = &self.http else {
+            return Ok(value);
+        };
+        let report = StepReport {
+            lease_token: self.lease_token,
+            key: &key,
+            position,
+            status: StepStatus::Completed,
+            output: Some(&output),
+            error: None,
+            attempts,
+        };
+        let recorded = match self.report(http, &report).await {
+            Ok(recorded) => recorded,
+            Err(Error::PayloadTooLarge { detail }) => {
+                // Retrying cannot shrink the result: the step fails for good, and its
+                // journal entry says why.
+                let error = Error::StepResultTooLarge {
+                    key: key.clone(),
+                    detail,
                 };
-                let report = StepReport {
-                    lease_token: self.lease_token,
-                    key: &key,
-                    position,
-                    status: StepStatus::Completed,
-                    output: Some(&output),
-                    error: None,
-                    attempts,
-                };
-                let recorded = match self.report(http, &report).await {
-                    Ok(recorded) => recorded,
-                    Err(Error::PayloadTooLarge { detail }) => {
-                        return Err(self.too_large(http, key, position, attempts, detail).await);
-                    }
-                    Err(e) => return Err(e),
-                };
-                debug!(run_id = %self.run_id, key, attempts, "step completed");
-                Ok(serde_json::from_value(
-                    recorded.output.unwrap_or(Value::Null),
-                )?)
+                self.record_failure(&key, position, &error.to_string(), attempts)
+                    .await?;
+                warn!(run_id = %self.run_id, key, "step result over the server's payload limit");
+                return Err(error);
             }
-            Err(error) => {
-                let message = format!("{error:#}");
-                if let Some(http) = &self.http {
-                    let report = StepReport {
-                        lease_token: self.lease_token,
-                        key: &key,
-                        position,
-                        status: StepStatus::Failed,
-                        output: None,
-                        error: Some(&message),
-                        attempts,
-                    };
-                    match self.report(http, &report).await {
-                        Ok(_) => {}
-                        Err(lost @ Error::LeaseLost { .. }) => return Err(lost),
-                        Err(e) => {
-                            warn!(run_id = %self.run_id, key, error = %e, "could not record step failure");
-                        }
-                    }
-                }
-                debug!(run_id = %self.run_id, key, attempts, error = %message, "step failed");
-                Err(Error::StepFailed { key, message })
+            Err(e) => {
+                self.note(&e);
+                return Err(e);
             }
-        }
+        };
+        debug!(run_id = %self.run_id, key, attempts, "step completed");
+        Ok(serde_json::from_value(
+            recorded.output.unwrap_or(Value::Null),
+        )?)
     }
 
-    /// The step's result was refused as too large: record the step as failed (so its
-    /// journal says why) and return the error the step fails with.
-    async fn too_large(
+    /// Record that a step failed; only a lost lease is an error here (a failure that cannot
+    /// be recorded is logged: the step runs again on the next attempt anyway).
+    async fn record_failure(
         &self,
-        http: &Http,
-        key: String,
+        key: &str,
         position: u32,
+        message: &str,
         attempts: u32,
-        detail: String,
-    ) -> Error {
-        let error = Error::StepResultTooLarge { key, detail };
-        let message = error.to_string();
-        let Error::StepResultTooLarge { key, .. } = &error else {
-            return error;
+    ) -> Result<()> {
+        let Some(http) = &self.http else {
+            return Ok(());
         };
         let report = StepReport {
             lease_token: self.lease_token,
@@ -322,18 +493,20 @@ impl Inner {
             position,
             status: StepStatus::Failed,
             output: None,
-            error: Some(&message),
+            error: Some(message),
             attempts,
         };
         match self.report(http, &report).await {
-            Ok(_) => {}
-            Err(lost @ Error::LeaseLost { .. }) => return lost,
+            Ok(_) => Ok(()),
+            Err(lost @ Error::LeaseLost { .. }) => {
+                self.note(&lost);
+                Err(lost)
+            }
             Err(e) => {
                 warn!(run_id = %self.run_id, key, error = %e, "could not record step failure");
+                Ok(())
             }
         }
-        warn!(run_id = %self.run_id, key, "step result over the server's payload limit");
-        error
     }
 
     async fn report(&self, http: &Http, report: &StepReport<'_>) -> Result<Step> {
@@ -386,6 +559,14 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// One attempt, no retries: the default for a step.
+    pub fn once() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
     /// The delay, before jitter, after failed attempt `attempt` (1-based).
     fn base_delay(&self, attempt: u32) -> Duration {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
@@ -412,6 +593,7 @@ pub struct StepBuilder {
     ctx: WorkflowContext,
     name: String,
     policy: RetryPolicy,
+    timeout: Option<Duration>,
 }
 
 impl StepBuilder {
@@ -421,48 +603,32 @@ impl StepBuilder {
         self
     }
 
+    /// Give each attempt at most `timeout`; an attempt that takes longer is dropped and
+    /// counts as failed (the retry policy decides whether another follows). If the last
+    /// attempt times out, the step fails with [`Error::StepTimedOut`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// Run the step: call `f` and await the future it returns, calling it again after a
     /// failure while the retry policy allows. Same key assignment, replay and guarantee as
     /// [`WorkflowContext::run`]; the recorded result carries the number of attempts.
     ///
     /// # Errors
     ///
-    /// As [`WorkflowContext::run`]; [`Error::StepFailed`] carries the last attempt's error.
+    /// As [`WorkflowContext::run`]; [`Error::StepFailed`] carries the last attempt's error,
+    /// [`Error::StepTimedOut`] says the last attempt ran out of time.
     pub fn run<T, F, Fut>(self, mut f: F) -> impl Future<Output = Result<T>> + Send + use<T, F, Fut>
     where
         F: FnMut() -> Fut + Send,
         Fut: Future<Output = anyhow::Result<T>> + Send,
         T: Serialize + DeserializeOwned + Send,
     {
-        let inner = Arc::clone(&self.ctx.inner);
-        let (key, position, plan) = inner.plan(&self.name);
-        let policy = self.policy;
-        async move {
-            match plan {
-                Plan::Replay(output) => {
-                    debug!(run_id = %inner.run_id, key, "step replayed from the journal");
-                    Ok(serde_json::from_value(output)?)
-                }
-                Plan::Reject(error) => Err(error),
-                Plan::Execute => {
-                    inner.mark_diverged();
-                    let max_attempts = policy.max_attempts.max(1);
-                    let mut attempt = 1;
-                    loop {
-                        let result = f().await;
-                        match result {
-                            Err(error) if attempt < max_attempts => {
-                                let delay = policy.delay(attempt);
-                                debug!(run_id = %inner.run_id, key, attempt, ?delay, error = %format!("{error:#}"), "step attempt failed; retrying");
-                                tokio::time::sleep(delay).await;
-                                attempt += 1;
-                            }
-                            result => return inner.finish(key, position, result, attempt).await,
-                        }
-                    }
-                }
-            }
-        }
+        let step = self
+            .ctx
+            .start_step(&self.name, self.policy, self.timeout, move || Some(f()));
+        async move { step.await.map_err(StepFailure::into_error) }
     }
 }
 

@@ -94,6 +94,15 @@ pub enum Error {
         requested: String,
     },
 
+    /// The last attempt of a step did not finish within the step's per-attempt timeout.
+    #[error("step {key} timed out after {timeout:?}")]
+    StepTimedOut {
+        /// The step key (`name`, `name#2`, ...).
+        key: String,
+        /// The per-attempt timeout.
+        timeout: std::time::Duration,
+    },
+
     /// The operation did not finish in the time allowed.
     #[error("timed out")]
     Timeout,

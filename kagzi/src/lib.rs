@@ -1,20 +1,21 @@
 //! Kagzi: durable workflows for Rust.
 //!
-//! Write workflows as ordinary `async fn`s; wrap each side effect in a step
-//! ([`WorkflowContext::run`]). Every finished step is recorded on the Kagzi server, so a run
-//! that is interrupted — worker killed, server restarted — resumes on another worker,
-//! skipping the steps that already finished. Step side effects run at least once; their
-//! recorded results are used exactly once.
+//! Write workflows as ordinary `async fn`s marked [`#[workflow]`](macro@workflow), and their
+//! side effects as `async fn`s marked [`#[step]`](macro@step). Every finished step is recorded
+//! on the Kagzi server, so a run that is interrupted — worker killed, server restarted —
+//! resumes on another worker, skipping the steps that already finished. Step side effects
+//! run at least once; their recorded results are used exactly once.
 //!
 //! - [`Client`] starts runs and waits for their results.
-//! - [`Worker`] executes runs with the workflow functions registered on it.
-//! - [`WorkflowContext`] is what a workflow function uses to run steps.
+//! - [`Worker`] executes runs with the workflows registered on it.
+//! - [`WorkflowContext`] is what a running workflow knows about itself; it also runs
+//!   inline steps ([`WorkflowContext::run`]), sleeps, waits for signals and starts child runs.
 //! - [`Client::schedule`] and [`Client::schedules`] start runs on a cron schedule.
 //!
 //! # Example
 //!
 //! ```no_run
-//! use kagzi::{Client, Worker, WorkflowContext};
+//! use kagzi::{Client, Worker, WorkflowContext, step, workflow};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
@@ -27,12 +28,16 @@
 //!     message: String,
 //! }
 //!
-//! async fn greet_workflow(ctx: WorkflowContext, input: Input) -> anyhow::Result<Output> {
-//!     // This step survives server restarts.
-//!     let greeting = ctx
-//!         .run("greet", async { Ok(format!("Hello, {}!", input.name)) })
-//!         .await?;
-//!     Ok(Output { message: greeting })
+//! // A durable step: recorded once, replayed after a crash.
+//! #[step]
+//! async fn compose_greeting(name: &str) -> anyhow::Result<String> {
+//!     Ok(format!("Hello, {name}!"))
+//! }
+//!
+//! #[workflow]
+//! async fn greet(ctx: WorkflowContext, input: Input) -> anyhow::Result<Output> {
+//!     let message = compose_greeting(&input.name).await?;
+//!     Ok(Output { message })
 //! }
 //!
 //! #[tokio::main]
@@ -41,35 +46,71 @@
 //!     let mut worker = Worker::builder("http://localhost:50051", "default")
 //!         .build()
 //!         .await?;
-//!     worker.register("greet", greet_workflow);
+//!     worker.add(greet);
 //!     tokio::spawn(async move { worker.run().await });
 //!
-//!     // Start a run and wait for its result.
+//!     // Start a run (only an `Input` compiles here) and wait for its `Output`.
 //!     let client = Client::connect("http://localhost:50051").await?;
-//!     let run_id = client
-//!         .workflow("greet", "default", Input { name: "World".to_string() })
-//!         .await?;
-//!     let output: Output = client.result(run_id).await?;
+//!     let run = client.start(greet, Input { name: "World".to_string() }).await?;
+//!     let output = run.result().await?;
 //!     println!("{}", output.message);
 //!     Ok(())
 //! }
 //! ```
+//!
+//! # Without macros: the string API
+//!
+//! Workflows can also be registered and started by name, with closures and inline steps —
+//! the same thing `curl`, schedules and other languages see:
+//!
+//! ```no_run
+//! # use kagzi::{Client, Worker, WorkflowContext};
+//! async fn greet(ctx: WorkflowContext, name: String) -> anyhow::Result<String> {
+//!     let greeting = ctx
+//!         .run("compose_greeting", async move { Ok(format!("Hello, {name}!")) })
+//!         .await?;
+//!     Ok(greeting)
+//! }
+//!
+//! # async fn example(mut worker: Worker, client: Client) -> kagzi::Result<()> {
+//! worker.register("greet", greet);
+//! let run_id = client.workflow("greet", "default", "World").await?;
+//! let greeting: String = client.result(run_id).await?;
+//! # Ok(()) }
+//! ```
+
+// Lets the macros' `::kagzi::...` paths resolve inside this crate too (unit and doc tests).
+extern crate self as kagzi;
 
 mod client;
 mod context;
 mod error;
 mod http;
 mod schedule;
+mod step;
 mod suspend;
 mod types;
 mod worker;
+mod workflow;
 
-pub use client::{Client, ClientBuilder, StartWorkflow};
+pub use client::{Client, ClientBuilder, RunHandle, StartRun, StartWorkflow};
 pub use context::{RetryPolicy, StepBuilder, WorkflowContext};
 pub use error::{Error, Result};
+pub use kagzi_macros::{step, workflow};
 pub use schedule::{
     Overlap, Schedule, ScheduleBuilder, ScheduleFilter, ScheduleId, SchedulePage, ScheduleRef,
     ScheduleUpdate, Schedules,
 };
 pub use types::{Run, RunFilter, RunId, RunPage, RunStatus, Step, StepStatus};
 pub use worker::{ShutdownHandle, Worker, WorkerBuilder};
+pub use workflow::Workflow;
+
+/// What the code generated by `#[workflow]` and `#[step]` uses. Not a public API: it may
+/// change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use anyhow;
+
+    pub use crate::step::{StepOptions, StepOutcome, step};
+    pub use crate::workflow::WorkflowResult;
+}

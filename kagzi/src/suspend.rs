@@ -164,7 +164,7 @@ impl WorkflowContext {
                         .retry(Retry::Transient(WORKER_RETRY_BUDGET));
                     let started: Started = http.send(&call).await?;
                     debug!(run_id = %inner.run_id, child = %started.id, key, "child run started");
-                    inner.finish(key, position, Ok(started.id), 1).await
+                    inner.record_success(key, position, started.id, 1).await
                 }
             }
         }
@@ -259,7 +259,7 @@ impl WorkflowContext {
                 Plan::Reject(error) => Err(error),
                 Plan::Execute => {
                     inner.mark_diverged();
-                    inner.finish(key, position, Ok(at), 1).await
+                    inner.record_success(key, position, at, 1).await
                 }
             }
         }
@@ -306,7 +306,7 @@ impl WorkflowContext {
                         Some(step) => step.output.unwrap_or(Value::Null),
                         None if deadline.is_some_and(|at| Utc::now() >= at) => {
                             inner
-                                .finish(key, position, Ok(json!({ "timed_out": true })), 1)
+                                .record_success(key, position, json!({ "timed_out": true }), 1)
                                 .await?
                         }
                         None => {

@@ -23,6 +23,7 @@ use crate::context::{JournalEntry, WorkflowContext};
 use crate::error::{Error, Result};
 use crate::http::{ApiKey, Call, Http, Retry, WORKER_RETRY_BUDGET};
 use crate::types::RunId;
+use crate::workflow::Workflow;
 
 /// How long one poll waits on the server for work.
 const POLL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -203,6 +204,57 @@ impl Worker {
         self
     }
 
+    /// Register a typed workflow: a `#[workflow]` fn, or any [`Workflow`]. It is registered
+    /// under [`Workflow::NAME`]; registering a name again replaces the earlier workflow.
+    ///
+    /// ```no_run
+    /// # use kagzi::{workflow, WorkflowContext};
+    /// #[workflow]
+    /// async fn greet(ctx: WorkflowContext, name: String) -> anyhow::Result<String> {
+    ///     Ok(format!("Hello, {name}!"))
+    /// }
+    ///
+    /// # async fn example() -> kagzi::Result<()> {
+    /// let mut worker = kagzi::Worker::builder("http://localhost:50051", "default")
+    ///     .build()
+    ///     .await?;
+    /// worker.add(greet);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// If the run's input does not deserialize into [`Workflow::Input`], the run fails
+    /// without retries.
+    pub fn add<W: Workflow>(&mut self, workflow: W) -> &mut Self {
+        if let Some(queue) = W::QUEUE.filter(|queue| *queue != self.queue) {
+            warn!(
+                workflow = W::NAME,
+                default_queue = queue,
+                worker_queue = %self.queue,
+                "this worker polls another queue than the workflow's default: runs started with `Client::start` will not reach it"
+            );
+        }
+        let workflow = Arc::new(workflow);
+        let handler: Handler =
+            Arc::new(
+                move |ctx, input| match serde_json::from_value::<W::Input>(input) {
+                    Err(e) => {
+                        futures::future::ready(Err(anyhow::Error::new(InvalidInput(e)))).boxed()
+                    }
+                    Ok(input) => {
+                        let fut = workflow.run(ctx, input);
+                        async move {
+                            let output = fut.await?;
+                            serde_json::to_value(&output)
+                                .map_err(|e| anyhow::Error::new(InvalidOutput(e)))
+                        }
+                        .boxed()
+                    }
+                },
+            );
+        self.handlers.insert(W::NAME.to_owned(), handler);
+        self
+    }
+
     /// A handle that shuts this worker down gracefully when triggered.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
@@ -266,7 +318,10 @@ impl Worker {
         *shared.registration.get_mut() = registration;
         let shared = Arc::new(shared);
 
-        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared)));
+        // Aborted when this future ends *or is dropped*: a worker whose future is dropped
+        // (aborted task, losing `select!` branch) must stop keeping its runs' leases alive,
+        // or those runs could never be reclaimed.
+        let heartbeat = AbortOnDrop(tokio::spawn(heartbeat_loop(Arc::clone(&shared))));
         let mut stop_rx = stop.subscribe();
         let shutdown = async move {
             tokio::select! {
@@ -294,7 +349,7 @@ impl Worker {
                 }
             }
         }
-        heartbeat.abort();
+        drop(heartbeat);
         shared.deregister().await;
         Ok(())
     }
@@ -444,27 +499,38 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
                 journal,
                 Some(shared.http.clone()),
             );
-            let suspended = ctx.clone();
-            let workflow =
-                AssertUnwindSafe(async move { handler(ctx, input).await }).catch_unwind();
+            // `#[step]` fns find the run through the task-local context; the workflow's
+            // future is made inside the scope too, in case its fn runs steps before its
+            // first `.await`. A run that suspends (sleep, signal, child) is dropped here: the
+            // server wakes it when its wait is over.
+            let observer = ctx.clone();
+            let body = ctx.clone().scope(async move { handler(ctx, input).await });
             let result = tokio::select! {
-                result = workflow => result,
-                () = suspended.inner.suspended.notified() => {
+                result = AssertUnwindSafe(body).catch_unwind() => result,
+                () = observer.inner.suspended.notified() => {
                     debug!("run suspended; the server wakes it when its wait is over");
                     return;
                 }
             };
-            match result {
-                Ok(Ok(output)) => Ok(output),
-                Ok(Err(e)) => {
-                    if let Some(Error::LeaseLost { .. }) = e.downcast_ref::<Error>() {
+            match (result, observer.poisoned()) {
+                (_, Some(Error::LeaseLost { .. })) => {
+                    info!("lease lost; dropping the run");
+                    return;
+                }
+                // Even if the workflow swallowed the step's error, a replay that diverged
+                // from the journal must not complete, and retrying cannot help.
+                (_, Some(error @ Error::NonDeterminism { .. })) => Err((error.to_string(), false)),
+                (Ok(Ok(output)), _) => Ok(output),
+                (Ok(Err(e)), _) => {
+                    let kagzi_error = e.chain().find_map(|cause| cause.downcast_ref::<Error>());
+                    if let Some(Error::LeaseLost { .. }) = kagzi_error {
                         info!("lease lost; dropping the run");
                         return;
                     }
                     let retryable = !(e.is::<InvalidInput>()
                         || e.is::<InvalidOutput>()
                         || matches!(
-                            e.downcast_ref::<Error>(),
+                            kagzi_error,
                             Some(
                                 Error::NonDeterminism { .. }
                                     | Error::StepResultTooLarge { .. }
@@ -473,7 +539,7 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
                         ));
                     Err((format!("{e:#}"), retryable))
                 }
-                Err(panic) => {
+                (Err(panic), _) => {
                     let message = panic
                         .downcast_ref::<&str>()
                         .map(|s| (*s).to_owned())
@@ -588,6 +654,15 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             }
             Err(e) => warn!(error = %e, "heartbeat failed"),
         }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

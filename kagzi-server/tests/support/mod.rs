@@ -216,6 +216,26 @@ pub fn example_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the built example `name` against the server at `url` and returns what it printed,
+/// failing unless it exits 0 within a minute.
+pub async fn run_example(name: &str, url: &str) -> String {
+    let output = tokio::process::Command::new(example_binary(name))
+        .env("KAGZI_SERVER_URL", url)
+        .env("RUST_LOG", "warn")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the example finishes within a minute")
+        .expect("the example runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "example {name} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Polls `check` every 20 ms until it returns true, failing after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
@@ -230,4 +250,20 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Runs each named test (an `async fn(TestDb)`) against PostgreSQL only: for tests whose
+/// workflows count side effects in statics, which two copies in one process would share.
+#[macro_export]
+macro_rules! postgres_only {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[sqlx::test(migrations = false)]
+                async fn $name(pool: sqlx::PgPool) {
+                    super::$name($crate::support::TestDb::Postgres(pool)).await;
+                }
+            )*
+        }
+    };
 }

@@ -1,0 +1,8 @@
+use kagzi::step;
+
+#[step]
+async fn log(line: String) {
+    let _ = line;
+}
+
+fn main() {}
