@@ -14,19 +14,6 @@ use std::time::Duration;
 use kagzi::{Client, RunId, RunStatus, Worker, WorkflowContext};
 use serde_json::{Value, json};
 use support::{ServerProcess, TestDb, eventually};
-use tokio_util::sync::CancellationToken;
-
-/// Starts `worker` in the background until the returned token is cancelled.
-fn spawn_worker(
-    worker: Worker,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<kagzi::Result<()>>,
-) {
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
-    (stop, handle)
-}
 
 async fn completed_keys(client: &Client, run: RunId) -> Vec<String> {
     let steps = client.steps(run).await.expect("steps");
@@ -72,7 +59,7 @@ async fn a_workflow_runs_step_by_step_and_returns_its_typed_output(db: TestDb) {
             Ok(receipt)
         }
     });
-    let (stop, handle) = spawn_worker(worker);
+    let (stop, handle) = support::spawn_worker(worker);
 
     let client = Client::connect(&url).await.expect("client");
     let id = client
@@ -145,7 +132,7 @@ async fn a_failed_run_is_retried_without_rerunning_finished_steps(db: TestDb) {
             Ok("done")
         }
     });
-    let (stop, _handle) = spawn_worker(worker);
+    let (stop, _handle) = support::spawn_worker(worker);
 
     let client = Client::connect(&url).await.expect("client");
     let id = client
@@ -207,7 +194,7 @@ async fn cancelling_a_running_run_stops_it_within_a_heartbeat(db: TestDb) {
             Ok(())
         }
     });
-    let (stop, _handle) = spawn_worker(worker);
+    let (stop, _handle) = support::spawn_worker(worker);
 
     let client = Client::connect(&url).await.expect("client");
     let id = client.workflow("slow", "cancel", ()).await.expect("start");
@@ -419,7 +406,7 @@ async fn a_killed_worker_process_is_replaced_and_finished_steps_run_exactly_once
         .await
         .expect("worker");
     register_five_steps(&mut worker, effects.clone());
-    let (stop, _handle) = spawn_worker(worker);
+    let (stop, _handle) = support::spawn_worker(worker);
     let total: u64 = client
         .result(id)
         .await
@@ -474,7 +461,7 @@ async fn a_server_restart_with_100_runs_in_flight_loses_nothing(db: TestDb) {
         }
         Ok(acc)
     });
-    let (stop, _handle) = spawn_worker(worker);
+    let (stop, _handle) = support::spawn_worker(worker);
 
     let client = Client::connect(&url).await.expect("client");
     let mut ids = Vec::new();
@@ -563,7 +550,7 @@ async fn an_oversized_step_result_fails_the_run_with_a_clear_error(pool: sqlx::P
     worker.register("big_output", |_ctx: WorkflowContext, (): ()| async move {
         Ok("y".repeat(2000))
     });
-    let (stop, handle) = spawn_worker(worker);
+    let (stop, handle) = support::spawn_worker(worker);
     let client = Client::connect(&url).await.expect("client");
 
     // Retries are allowed, but retrying cannot shrink the result: the run fails at once.
@@ -651,7 +638,7 @@ async fn with_api_keys_the_sdk_works_end_to_end(pool: sqlx::PgPool) {
             .await?;
         Ok(greeting)
     });
-    let (stop, handle) = spawn_worker(worker);
+    let (stop, handle) = support::spawn_worker(worker);
 
     let client = Client::connect_with_key(&url, "old-key")
         .await

@@ -11,19 +11,6 @@ use kagzi::{Client, RunId, RunStatus, Worker, WorkflowContext, step, workflow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use support::eventually;
-use tokio_util::sync::CancellationToken;
-
-/// Starts `worker` in the background until the returned token is cancelled.
-fn spawn_worker(
-    worker: Worker,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<kagzi::Result<()>>,
-) {
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
-    (stop, handle)
-}
 
 async fn worker(url: &str, queue: &str) -> Worker {
     Worker::builder(url, queue)
@@ -94,7 +81,7 @@ async fn a_typed_start_returns_the_typed_result(db: support::TestDb) {
     let url = support::url(&server);
     let mut worker = worker(&url, "typed").await;
     worker.add(checkout);
-    let (stop, handle) = spawn_worker(worker);
+    let (stop, handle) = support::spawn_worker(worker);
 
     let client = Client::connect(&url).await.expect("client");
     let run = client
@@ -184,7 +171,7 @@ async fn a_step_finished_before_the_worker_died_is_not_run_again(db: support::Te
 
     let mut first = worker(&url, "crash").await;
     first.add(fulfil);
-    let (_stop, first) = spawn_worker(first);
+    let (_stop, first) = support::spawn_worker(first);
     let run = client
         .start(fulfil, "sku-1".to_owned())
         .queue("crash")
@@ -203,7 +190,7 @@ async fn a_step_finished_before_the_worker_died_is_not_run_again(db: support::Te
     SHIP_GATE.store(true, Ordering::SeqCst);
     let mut second = worker(&url, "crash").await;
     second.add(fulfil);
-    let (stop, _second) = spawn_worker(second);
+    let (stop, _second) = support::spawn_worker(second);
     let shipped: String = run
         .result()
         .await
@@ -261,7 +248,7 @@ async fn parallel_steps_replay_with_the_same_keys(db: support::TestDb) {
 
     let mut first = worker(&url, "fanout").await;
     first.add(fan_out);
-    let (_stop, first) = spawn_worker(first);
+    let (_stop, first) = support::spawn_worker(first);
     let run = client
         .start(fan_out, ())
         .queue("fanout")
@@ -291,7 +278,7 @@ async fn parallel_steps_replay_with_the_same_keys(db: support::TestDb) {
     SUM_GATE.store(true, Ordering::SeqCst);
     let mut second = worker(&url, "fanout").await;
     second.add(fan_out);
-    let (stop, _second) = spawn_worker(second);
+    let (stop, _second) = support::spawn_worker(second);
     let output: (String, u64) = run.result().await.expect("result");
     assert_eq!(output, ("AB".to_owned(), 14));
     assert_eq!(
@@ -355,7 +342,7 @@ async fn a_changed_workflow_replayed_against_an_old_journal_fails_with_non_deter
 
     let mut old = worker(&url, "deploy").await;
     old.add(payment_v1);
-    let (_stop, old) = spawn_worker(old);
+    let (_stop, old) = support::spawn_worker(old);
     let run = client
         .start(payment_v1, 500)
         .queue("deploy")
@@ -372,7 +359,7 @@ async fn a_changed_workflow_replayed_against_an_old_journal_fails_with_non_deter
     CHARGE_GATE.store(true, Ordering::SeqCst);
     let mut new = worker(&url, "deploy").await;
     new.add(payment_v2);
-    let (stop, _new) = spawn_worker(new);
+    let (stop, _new) = support::spawn_worker(new);
     let err = run.result().await.expect_err("the replay diverges");
     let kagzi::Error::RunFailed { message, .. } = &err else {
         panic!("expected RunFailed, got {err:?}");

@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 use kagzi::{Client, RetryPolicy, RunFilter, RunId, RunStatus, Worker, WorkflowContext};
 use serde_json::json;
 use support::{ServerProcess, TestDb};
-use tokio_util::sync::CancellationToken;
-
-fn spawn(
-    worker: Worker,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<kagzi::Result<()>>,
-) {
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
-    (stop, handle)
-}
 
 async fn wait_for_status(client: &Client, id: RunId, status: RunStatus) -> kagzi::Run {
     let mut seen = None;
@@ -61,7 +49,7 @@ async fn a_sleeping_run_wakes_after_a_server_restart(db: TestDb) {
             Ok("rested")
         }
     });
-    let (stop, _worker) = spawn(worker);
+    let (stop, _worker) = support::spawn_worker(worker);
 
     let client = Client::connect(&url).await.expect("client");
     let started = Instant::now();
@@ -109,7 +97,7 @@ async fn signals_are_received_once_in_order_whenever_they_are_sent(db: TestDb) {
         let third: String = ctx.wait_for_signal("approve").await?;
         Ok(vec![first, second, third])
     });
-    let (stop, _worker) = spawn(worker);
+    let (stop, _worker) = support::spawn_worker(worker);
 
     let client = Client::connect(&url).await.expect("client");
     let id = client
@@ -165,7 +153,7 @@ async fn a_signal_wait_can_time_out(db: TestDb) {
             .await?;
         Ok(got.unwrap_or_else(|| "timed out".to_owned()))
     });
-    let (stop, _worker) = spawn(worker);
+    let (stop, _worker) = support::spawn_worker(worker);
     let client = Client::connect(&url).await.expect("client");
     let id = client
         .workflow("maybe", "timeouts", ())
@@ -198,7 +186,7 @@ async fn a_childs_result_reaches_its_parent_after_the_parents_worker_died(db: Te
             Ok(n * n)
         }
     });
-    let (stop_children, _c) = spawn(children);
+    let (stop_children, _c) = support::spawn_worker(children);
 
     let parent_worker = || async {
         let mut parents = Worker::builder(&url, "parents")
@@ -218,7 +206,7 @@ async fn a_childs_result_reaches_its_parent_after_the_parents_worker_died(db: Te
         );
         parents
     };
-    let (_stop_first, first) = spawn(parent_worker().await);
+    let (_stop_first, first) = support::spawn_worker(parent_worker().await);
 
     let client = Client::connect(&url).await.expect("client");
     let id = client
@@ -234,7 +222,7 @@ async fn a_childs_result_reaches_its_parent_after_the_parents_worker_died(db: Te
     assert_eq!(kids.runs.len(), 3, "the link is visible in the API");
     assert!(kids.runs.iter().all(|k| k.parent_id == Some(id)));
 
-    let (stop_second, _second) = spawn(parent_worker().await);
+    let (stop_second, _second) = support::spawn_worker(parent_worker().await);
     let sum: u64 = client.result(id).await.expect("the parent completes");
     assert_eq!(sum, 1 + 4 + 9);
     let kids = client
@@ -264,7 +252,7 @@ async fn cancelling_a_parent_cancels_its_children(db: TestDb) {
         ctx.sleep("forever", Duration::from_secs(3600)).await?;
         Ok("woke")
     });
-    let (stop, _worker) = spawn(worker);
+    let (stop, _worker) = support::spawn_worker(worker);
     let client = Client::connect(&url).await.expect("client");
     let parent = client.workflow("parent", "tree", ()).await.expect("start");
     wait_for_status(&client, parent, RunStatus::Waiting).await;
@@ -295,7 +283,7 @@ async fn a_run_timeout_fails_the_run_whatever_it_is_doing(db: TestDb) {
         ctx.sleep("long", Duration::from_secs(60)).await?;
         Ok(())
     });
-    let (stop, _worker) = spawn(worker);
+    let (stop, _worker) = support::spawn_worker(worker);
     let client = Client::connect(&url).await.expect("client");
     let started = Instant::now();
     let id = client
@@ -328,7 +316,7 @@ async fn a_retry_policy_bounds_attempts_and_skips_non_retryable_errors(db: TestD
             Err::<(), _>(anyhow::anyhow!("{kind} on attempt {}", ctx.attempt()))
         },
     );
-    let (stop, _worker) = spawn(worker);
+    let (stop, _worker) = support::spawn_worker(worker);
     let client = Client::connect(&url).await.expect("client");
     let policy = RetryPolicy {
         max_attempts: 3,

@@ -577,17 +577,13 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Run> {
         let mut tx = self.pool.begin().await?;
-        let held: Option<(i32, i32, Option<Json<RetryPolicy>>)> = sqlx::query_as(
-            r"select attempts, retries, retry_policy from kagzi.runs
-              where id = $1 and lease_token = $2 and status = 'running' and lease_expires_at > $3
-              for update",
-        )
-        .bind(run)
-        .bind(lease_token)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((attempts, retries, policy)) = held else {
+        let Some(Held {
+            attempts,
+            retries,
+            retry_policy: policy,
+            ..
+        }) = lock_held(&mut tx, run, lease_token, now).await?
+        else {
             drop(tx);
             return Err(self.lease_error(run, lease_token, now).await);
         };
@@ -636,17 +632,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Run> {
         let mut tx = self.pool.begin().await?;
-        let held: Option<(String,)> = sqlx::query_as(
-            r"select queue from kagzi.runs
-              where id = $1 and lease_token = $2 and status = 'running' and lease_expires_at > $3
-              for update",
-        )
-        .bind(run)
-        .bind(lease_token)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((queue,)) = held else {
+        let Some(Held { queue, .. }) = lock_held(&mut tx, run, lease_token, now).await? else {
             drop(tx);
             return Err(self.lease_error(run, lease_token, now).await);
         };
@@ -758,17 +744,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Step>> {
         let mut tx = self.pool.begin().await?;
-        let held: Option<(RunId,)> = sqlx::query_as(
-            r"select id from kagzi.runs
-              where id = $1 and lease_token = $2 and status = 'running' and lease_expires_at > $3
-              for update",
-        )
-        .bind(run)
-        .bind(lease_token)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
+        if lock_held(&mut tx, run, lease_token, now).await?.is_none() {
             drop(tx);
             return Err(self.lease_error(run, lease_token, now).await);
         }
@@ -1191,6 +1167,36 @@ async fn insert_scheduled_run(
 
 fn schedule_not_found(id: impl std::fmt::Display) -> Error {
     Error::NotFound(format!("schedule {id}"))
+}
+
+/// The parts of a run's row the fenced reports need.
+#[derive(sqlx::FromRow)]
+struct Held {
+    attempts: i32,
+    retries: i32,
+    retry_policy: Option<Json<RetryPolicy>>,
+    queue: String,
+}
+
+/// Locks the run's row for the rest of the transaction when `lease_token` is its current,
+/// unexpired lease; `None` otherwise (see [`PgStore::lease_error`] for why).
+async fn lock_held(
+    conn: &mut PgConnection,
+    run: RunId,
+    lease_token: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<Held>> {
+    let held = sqlx::query_as::<_, Held>(
+        r"select attempts, retries, retry_policy, queue from kagzi.runs
+          where id = $1 and lease_token = $2 and status = 'running' and lease_expires_at > $3
+          for update",
+    )
+    .bind(run)
+    .bind(lease_token)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(held)
 }
 
 /// Sends a notification on `channel`, delivered when the transaction commits.

@@ -236,6 +236,18 @@ pub async fn run_example(name: &str, url: &str) -> String {
     stdout
 }
 
+/// Runs `worker` in the background until the returned token is cancelled.
+pub fn spawn_worker(
+    worker: kagzi::Worker,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<kagzi::Result<()>>,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
+    (stop, handle)
+}
+
 /// Polls `check` every 20 ms until it returns true, failing after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
