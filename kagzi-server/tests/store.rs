@@ -11,6 +11,7 @@ use kagzi_server::schedule::{CatchUp, Overlap, ScheduleId};
 use kagzi_server::store::{
     Backoff, Error, NewRun, NewSchedule, NewWorker, PgStore, RunFilter, ScheduleFilter,
     ScheduleFire, ScheduleKey, ScheduleSpec, ScheduleUpdate, SqliteStore, StepReport, Store,
+    Suspend,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -874,6 +875,147 @@ async fn pause_resume_update_trigger_and_delete(store: Arc<dyn Store>) {
     );
 }
 
+async fn a_suspended_run_sleeps_until_its_wake_time(store: Arc<dyn Store>) {
+    let now = Utc::now().trunc_subsecs(6);
+    let id = store
+        .create_run(&new_run("greet", json!({}), now), now)
+        .await
+        .expect("create")
+        .id;
+    let w = worker(&*store, &["greet"]).await;
+    let task = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("claim")
+        .remove(0);
+    let wake = now + chrono::Duration::seconds(60);
+    let sleep = Suspend {
+        until: Some(wake),
+        ..Suspend::default()
+    };
+    let run = store
+        .suspend_run(id, task.lease_token, &sleep, now)
+        .await
+        .expect("suspend");
+    assert_eq!((run.status, run.wake_at), (RunStatus::Sleeping, Some(wake)));
+    let late = store
+        .complete_run(id, task.lease_token, &json!(1), now)
+        .await;
+    assert!(
+        matches!(late, Err(Error::LeaseLost(_))),
+        "the suspension ended the lease"
+    );
+    assert!(
+        store
+            .claim(&w, 1, now + LEASE, now)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(store.next_due(&w).await.expect("next due"), Some(wake));
+    let woken = store.claim(&w, 1, wake + LEASE, wake).await.expect("claim");
+    assert_eq!(woken.len(), 1, "claimable at its wake time");
+    assert_eq!(woken[0].attempt, 2);
+    let run = store.get_run(id).await.expect("run");
+    assert_eq!((run.status, run.wake_at), (RunStatus::Running, None));
+}
+
+async fn signals_are_kept_received_in_order_and_wake_a_waiting_run(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let id = store
+        .create_run(&new_run("greet", json!({}), now), now)
+        .await
+        .expect("create")
+        .id;
+    store
+        .send_signal(id, "go", &json!(1), now)
+        .await
+        .expect("signal before the wait");
+    let w = worker(&*store, &["greet"]).await;
+    let task = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("claim")
+        .remove(0);
+    let first = store
+        .receive_signal(id, task.lease_token, "go", "signal:go", 0, now)
+        .await
+        .expect("receive")
+        .expect("the early signal was kept");
+    assert_eq!(first.output, Some(json!({"payload": 1})));
+    let none = store
+        .receive_signal(id, task.lease_token, "go", "signal:go#2", 1, now)
+        .await;
+    assert!(
+        none.expect("receive").is_none(),
+        "each signal is received once"
+    );
+
+    let wait = Suspend {
+        signal: Some("go".to_owned()),
+        ..Suspend::default()
+    };
+    let run = store
+        .suspend_run(id, task.lease_token, &wait, now)
+        .await
+        .expect("suspend");
+    assert_eq!(run.status, RunStatus::Waiting);
+    assert_eq!(run.waiting_for.as_deref(), Some("signal:go"));
+    assert!(
+        store
+            .claim(&w, 1, now + LEASE, now)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    store
+        .send_signal(id, "go", &json!(2), now)
+        .await
+        .expect("signal");
+    store
+        .send_signal(id, "go", &json!(3), now)
+        .await
+        .expect("signal");
+    let task = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("woken")
+        .remove(0);
+    let second = store
+        .receive_signal(id, task.lease_token, "go", "signal:go#2", 1, now)
+        .await;
+    assert_eq!(
+        second.expect("receive").and_then(|s| s.output),
+        Some(json!({"payload": 2}))
+    );
+    let third = store
+        .receive_signal(id, task.lease_token, "go", "signal:go#3", 2, now)
+        .await;
+    assert_eq!(
+        third.expect("receive").and_then(|s| s.output),
+        Some(json!({"payload": 3}))
+    );
+
+    // A suspension whose signal is already there leaves the run due at once.
+    store
+        .send_signal(id, "go", &json!(4), now)
+        .await
+        .expect("signal");
+    let run = store
+        .suspend_run(id, task.lease_token, &wait, now)
+        .await
+        .expect("suspend");
+    assert_eq!(run.status, RunStatus::Pending);
+
+    store.cancel_run(id, now).await.expect("cancel");
+    let ended = store.send_signal(id, "go", &json!(5), now).await;
+    assert!(matches!(ended, Err(Error::Conflict(_))), "{ended:?}");
+    let unknown = store
+        .send_signal(kagzi_server::model::RunId::new(), "go", &json!(5), now)
+        .await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
+}
+
 /// Runs each named test against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -903,6 +1045,8 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_suspended_run_sleeps_until_its_wake_time,
+    signals_are_kept_received_in_order_and_wake_a_waiting_run,
     claim_takes_due_runs_in_batches_oldest_first,
     claim_skips_runs_not_due_and_other_workflows_and_queues,
     concurrent_claims_never_hand_out_a_run_twice,
