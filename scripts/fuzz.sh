@@ -71,20 +71,30 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+st_run() {
+  "$venv/bin/st" run openapi/openapi.json \
+    --url "http://127.0.0.1:$port" \
+    --header "Authorization: Bearer $key" \
+    --checks all \
+    --max-examples "$max_examples" \
+    --max-response-time 10 \
+    --request-timeout 30 \
+    --workers 1 \
+    ${FUZZ_MAX_TIME:+--max-time "$FUZZ_MAX_TIME"} \
+    --seed 1 \
+    --no-color \
+    "$@"
+}
+
+# A cron expression or time zone can be well-formed by the schema yet mean nothing (a 422
+# that says what is wrong): for the two schedule operations that take one, every check but
+# "a schema-valid request is accepted" applies.
+schedule_ops=(--include-operation-id create_schedule --include-operation-id update_schedule)
 echo "--- schemathesis $SCHEMATHESIS_VERSION against http://127.0.0.1:$port ($max_examples examples per operation)"
 status=0
-"$venv/bin/st" run openapi/openapi.json \
-  --url "http://127.0.0.1:$port" \
-  --header "Authorization: Bearer $key" \
-  --checks all \
-  --max-examples "$max_examples" \
-  --max-response-time 10 \
-  --request-timeout 30 \
-  --workers 1 \
-  ${FUZZ_MAX_TIME:+--max-time "$FUZZ_MAX_TIME"} \
-  --seed 1 \
-  --no-color \
-  || status=$?
+st_run --exclude-operation-id create_schedule --exclude-operation-id update_schedule || status=$?
+echo "--- schemathesis: the schedule operations that take a cron expression"
+st_run "${schedule_ops[@]}" --exclude-checks positive_data_acceptance || status=$?
 
 if grep -qiE 'panicked|request failed|ERROR' "$log"; then
   echo "--- the server logged errors:" >&2

@@ -184,15 +184,26 @@ pub struct Run {
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included.
+    #[serde(deserialize_with = "crate::api::extract::whole::u31")]
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub max_attempts: u32,
     /// The delay before the first retry, in milliseconds.
-    #[serde(default = "default_initial_interval_ms")]
+    #[serde(
+        default = "default_initial_interval_ms",
+        deserialize_with = "crate::api::extract::whole::u63"
+    )]
+    #[schema(maximum = 9223372036854775807_u64)]
     pub initial_interval_ms: u64,
     /// How much the delay grows with each retry.
     #[serde(default = "default_backoff_coefficient")]
+    #[schema(minimum = 1.0)]
     pub backoff_coefficient: f64,
     /// The longest delay, in milliseconds.
-    #[serde(default = "default_max_interval_ms")]
+    #[serde(
+        default = "default_max_interval_ms",
+        deserialize_with = "crate::api::extract::whole::u63"
+    )]
+    #[schema(maximum = 9223372036854775807_u64)]
     pub max_interval_ms: u64,
     /// A failure whose error message contains one of these is not retried.
     #[serde(default)]

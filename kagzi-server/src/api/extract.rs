@@ -131,6 +131,13 @@ pub(crate) mod whole {
         number(d, i32::MAX as u64).map(|v| v as u32)
     }
 
+    /// An optional `u32` from 0 to `i32::MAX` (with `#[serde(default)]`).
+    pub(crate) fn opt_u31<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| u31(n).map_err(D::Error::custom))
+            .transpose()
+    }
+
     /// A `u64` from 0 to `i64::MAX`.
     pub(crate) fn u63<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         number(d, i64::MAX as u64)

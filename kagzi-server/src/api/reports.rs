@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::{ApiError, Problem, Result};
+use super::error::{Problem, Result};
 use super::extract::{Json, Path, check_payload, whole};
 use crate::model::{Run, RunId, Step, StepStatus};
 use crate::state::AppState;
@@ -219,7 +219,8 @@ pub(crate) struct SuspendBody {
 }
 
 /// Suspends the run (the worker lets go of it): it sleeps, or waits for a signal or a child.
-/// When that already happened, the run is due again at once.
+/// When that already happened — or the body names nothing to wait for — the run is due again
+/// at once.
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/suspend",
@@ -237,11 +238,6 @@ pub(crate) async fn suspend(
     Path(id): Path<Uuid>,
     Json(body): Json<SuspendBody>,
 ) -> Result<Json<Run>> {
-    if body.until.is_none() && body.signal.is_none() && body.child.is_none() {
-        return Err(ApiError::InvalidBody(
-            "a suspension needs `until`, `signal` or `child`".to_owned(),
-        ));
-    }
     let suspend = Suspend {
         until: body.until,
         signal: body.signal,
@@ -261,6 +257,8 @@ pub(crate) async fn suspend(
 pub(crate) struct ReceiveBody {
     lease_token: Uuid,
     key: String,
+    #[serde(deserialize_with = "whole::u31")]
+    #[schema(maximum = 2147483647, example = 2)]
     position: u32,
 }
 

@@ -137,6 +137,7 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     responses(
         (status = 201, description = "The run was started.", body = Started),
         (status = 200, description = "A run with this idempotency key already exists: that run.", body = Started),
+        (status = 404, description = "`parent_id` names no run.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The idempotency key belongs to a run of another workflow or input.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -161,12 +162,30 @@ async fn start(
             "timeout_ms must be at most {MAX_DELAY_MS} (ten years), not {timeout}"
         )));
     }
+    if req
+        .retry_policy
+        .as_ref()
+        .is_some_and(|p| p.max_attempts == 0)
+    {
+        return Err(ApiError::InvalidBody(
+            "retry_policy.max_attempts must be at least 1".to_owned(),
+        ));
+    }
     if let Some(policy) = &req.retry_policy
         && !(policy.backoff_coefficient.is_finite() && policy.backoff_coefficient >= 1.0)
     {
         return Err(ApiError::InvalidBody(
             "retry_policy.backoff_coefficient must be a number of at least 1".to_owned(),
         ));
+    }
+    if let Some(parent) = req.parent_id {
+        match state.store.get_run(parent).await {
+            Ok(_) => {}
+            Err(crate::store::Error::NotFound(_)) => {
+                return Err(ApiError::NotFound(format!("parent run {parent} not found")));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let now = Utc::now();
     let after = |ms: u64| {

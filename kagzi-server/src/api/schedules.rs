@@ -85,7 +85,7 @@ pub(crate) struct CreateSchedule {
     catch_up_window_ms: Option<u64>,
     /// Catch-up: at most this many of the most recent missed due times start.
     #[serde(default = "default_catch_up_max", deserialize_with = "whole::u31")]
-    #[schema(default = 1, maximum = 2147483647)]
+    #[schema(default = 1, minimum = 1, maximum = 1000)]
     catch_up_max: u32,
     /// Create the schedule paused.
     #[serde(default)]
@@ -122,6 +122,7 @@ pub(crate) struct UpdateSchedule {
     /// The input of every run.
     input: Option<Value>,
     /// How many times a failed run is retried.
+    #[serde(default, deserialize_with = "whole::opt_u31")]
     #[schema(maximum = 2147483647)]
     retries: Option<u32>,
     /// The overlap policy.
@@ -131,7 +132,8 @@ pub(crate) struct UpdateSchedule {
     #[schema(value_type = Option<u64>, minimum = 1000, maximum = 315360000000_u64)]
     catch_up_window_ms: Option<Option<u64>>,
     /// Catch-up: at most this many missed due times start.
-    #[schema(maximum = 2147483647)]
+    #[serde(default, deserialize_with = "whole::opt_u31")]
+    #[schema(minimum = 1, maximum = 1000)]
     catch_up_max: Option<u32>,
 }
 
@@ -160,8 +162,18 @@ fn check_spec(spec: &ScheduleSpec, limit: usize) -> Result<CronSpec> {
             "catch_up_window_ms must be at least {MIN_CATCH_UP_WINDOW_MS}, not {window}"
         )));
     }
+    if let Some(window) = spec.catch_up.window_ms
+        && window > MAX_CATCH_UP_WINDOW_MS
+    {
+        return Err(ApiError::InvalidBody(format!(
+            "catch_up_window_ms must be at most {MAX_CATCH_UP_WINDOW_MS} (ten years), not {window}"
+        )));
+    }
     CronSpec::parse(&spec.cron, &spec.time_zone).map_err(ApiError::InvalidBody)
 }
+
+/// The longest catch-up window accepted: ten years, in milliseconds.
+const MAX_CATCH_UP_WINDOW_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 
 /// The first due time after `now`, or an error for an expression that never matches.
 fn first_fire(cron: &CronSpec, expr: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {

@@ -407,7 +407,8 @@ pub struct Created {
     pub existing: bool,
 }
 
-/// What a suspended run waits for.
+/// What a suspended run waits for. With none of the three, the run is simply due again at
+/// once (it yields).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Suspend {
     /// Wake at this time (the end of a sleep, or a timeout).
@@ -419,6 +420,11 @@ pub struct Suspend {
 }
 
 impl Suspend {
+    /// Whether it names nothing to wait for: the run is due again at once.
+    pub fn yields(&self) -> bool {
+        self.until.is_none() && self.signal.is_none() && self.child.is_none()
+    }
+
     /// The status a run suspended this way shows.
     pub fn status(&self) -> RunStatus {
         if self.signal.is_some() || self.child.is_some() {
@@ -436,6 +442,14 @@ impl Suspend {
             (None, None) => None,
         }
     }
+}
+
+/// `now + delay`, or [`far_future`] when that is past the end of time.
+pub fn after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|delay| now.checked_add_signed(delay))
+        .map_or_else(far_future, |at| at.min(far_future()))
 }
 
 /// The `available_at` of a run that only an event wakes: later than any real time.

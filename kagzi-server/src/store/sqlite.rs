@@ -606,8 +606,7 @@ impl Store for SqliteStore {
             retryable,
             backoff,
         );
-        let available_at =
-            now + chrono::Duration::from_std(retry.unwrap_or_default()).unwrap_or_default();
+        let available_at = super::after(now, retry.unwrap_or_default());
         let failed = sqlx::query_as::<_, Run>(concat!(
             r"update runs
               set status = case when ?3 then 'pending' else 'failed' end,
@@ -673,7 +672,7 @@ impl Store for SqliteStore {
             None => false,
         };
         let timer_passed = suspend.until.is_some_and(|until| until <= now);
-        let ready = signal_waiting || child_ended || timer_passed;
+        let ready = signal_waiting || child_ended || timer_passed || suspend.yields();
         let (status, available_at) = if ready {
             (RunStatus::Pending, now)
         } else {
