@@ -33,3 +33,8 @@ fuzz:
 # What CI runs.
 ci:
     bash .ci/run
+
+# Benchmark (w1 throughput, w2 latency) against an in-process server, e.g. `just bench w1`.
+# SQLite by default; KAGZI_DB_URL=postgres://... benchmarks PostgreSQL (in a fresh database).
+bench WORKLOAD *ARGS:
+    cargo run --release -p kagzi-bench -- {{WORKLOAD}} {{ARGS}}
