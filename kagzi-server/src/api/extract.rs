@@ -138,6 +138,13 @@ pub(crate) mod whole {
             .transpose()
     }
 
+    /// An optional `u64` from 0 to `i64::MAX` (with `#[serde(default)]`).
+    pub(crate) fn opt_u63<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| u63(n).map_err(D::Error::custom))
+            .transpose()
+    }
+
     /// A `u64` from 0 to `i64::MAX`.
     pub(crate) fn u63<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         number(d, i64::MAX as u64)

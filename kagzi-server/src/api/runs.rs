@@ -82,7 +82,7 @@ pub(crate) struct StartRun {
     idempotency_key: Option<String>,
     /// The run fails with a timeout once this many milliseconds passed since the start,
     /// whatever it is doing (at most ten years).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::opt_u63")]
     #[schema(maximum = 315360000000_u64, example = 60000)]
     timeout_ms: Option<u64>,
     /// How a failed run is retried; overrides `retries`.

@@ -80,7 +80,7 @@ pub(crate) struct CreateSchedule {
     #[serde(default)]
     overlap: Overlap,
     /// Catch-up: due times older than this many milliseconds are dropped (absent: no limit).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::opt_u63")]
     #[schema(minimum = 1000, maximum = 315360000000_u64)]
     catch_up_window_ms: Option<u64>,
     /// Catch-up: at most this many of the most recent missed due times start.
