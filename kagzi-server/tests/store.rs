@@ -920,6 +920,60 @@ async fn a_suspended_run_sleeps_until_its_wake_time(store: Arc<dyn Store>) {
     assert_eq!((run.status, run.wake_at), (RunStatus::Running, None));
 }
 
+/// A child that ends while its parent is suspending must never leave the parent waiting:
+/// either the suspension sees the child ended or the child's end wakes the parent.
+async fn a_child_ending_while_its_parent_suspends_always_wakes_it(store: Arc<dyn Store>) {
+    let w = worker(&*store, &["parent", "child"]).await;
+    for round in 0..40 {
+        let now = Utc::now();
+        let parent = store
+            .create_run(&new_run("parent", json!(round), now), now)
+            .await
+            .expect("create parent")
+            .id;
+        let parent_task = store
+            .claim(&w, 1, now + LEASE, now)
+            .await
+            .expect("claim parent")
+            .remove(0);
+        let child = store
+            .create_run(
+                &NewRun {
+                    parent_id: Some(parent),
+                    ..new_run("child", json!(round), now)
+                },
+                now,
+            )
+            .await
+            .expect("create child")
+            .id;
+        let child_task = store
+            .claim(&w, 1, now + LEASE, now)
+            .await
+            .expect("claim child")
+            .remove(0);
+        assert_eq!(child_task.run_id, child);
+        let wait = Suspend {
+            child: Some(child),
+            ..Suspend::default()
+        };
+        let output = json!("done");
+        let (suspended, ended) = tokio::join!(
+            store.suspend_run(parent, parent_task.lease_token, &wait, now),
+            store.complete_run(child, child_task.lease_token, &output, now),
+        );
+        suspended.expect("suspend");
+        ended.expect("complete");
+        let parent = store.get_run(parent).await.expect("parent");
+        assert_eq!(
+            parent.status,
+            RunStatus::Pending,
+            "round {round}: the parent of an ended child is due again"
+        );
+        store.cancel_run(parent.id, now).await.expect("cancel");
+    }
+}
+
 async fn signals_are_kept_received_in_order_and_wake_a_waiting_run(store: Arc<dyn Store>) {
     let now = Utc::now();
     let id = store
@@ -1046,6 +1100,7 @@ macro_rules! conformance {
 
 conformance!(
     a_suspended_run_sleeps_until_its_wake_time,
+    a_child_ending_while_its_parent_suspends_always_wakes_it,
     signals_are_kept_received_in_order_and_wake_a_waiting_run,
     claim_takes_due_runs_in_batches_oldest_first,
     claim_skips_runs_not_due_and_other_workflows_and_queues,

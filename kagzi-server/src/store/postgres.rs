@@ -648,10 +648,13 @@ impl Store for PgStore {
             }
             None => false,
         };
+        // `for share` waits for a concurrent end of the child and reads its outcome; without
+        // it the child's wake-up (which only wakes a `waiting` parent) and this check could
+        // both miss each other, leaving the parent waiting forever.
         let child_ended = match suspend.child {
             Some(child) => sqlx::query_scalar::<_, bool>(
                 r"select status in ('completed', 'failed', 'cancelled') from kagzi.runs
-                  where id = $1",
+                  where id = $1 for share",
             )
             .bind(child)
             .fetch_optional(&mut *tx)
