@@ -17,6 +17,8 @@ use crate::http::{ApiKey, Call, Http, Retry};
 use crate::types::{Run, RunFilter, RunId, RunPage, RunStatus, Step};
 use crate::workflow::Workflow;
 
+/// How many idle connections a client keeps open to its server.
+const IDLE_CONNECTIONS: usize = 64;
 /// The queue typed starts use when neither the workflow nor the start names one.
 const DEFAULT_QUEUE: &str = "default";
 
@@ -60,7 +62,9 @@ impl ClientBuilder {
     /// [`Error::Config`] for a URL that is not `http(s)://`; [`Error::Http`] or
     /// [`Error::Api`] if the server cannot be reached or is not healthy.
     pub async fn connect(self) -> Result<Client> {
-        let http = Http::new(&self.url, 16, self.api_key)?;
+        // Idle connections are cheap; a client with many requests in flight that kept fewer
+        // would open (and close) a connection for most of them.
+        let http = Http::new(&self.url, IDLE_CONNECTIONS, self.api_key)?;
         http.send::<IgnoredAny>(
             &Call::get(http.url(&["healthz"])).timeout(Duration::from_secs(10)),
         )
