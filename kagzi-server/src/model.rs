@@ -113,6 +113,16 @@ pub enum StepStatus {
     Failed,
 }
 
+impl StepStatus {
+    /// The word used in JSON and SQL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// One workflow run, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[schema(example = json!({

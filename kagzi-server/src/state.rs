@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::engine::group_commit::Reports;
 use crate::engine::wakeup::Wakeups;
 use crate::store::{Backoff, Store};
 
@@ -14,6 +15,8 @@ use crate::store::{Backoff, Store};
 pub struct AppState {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Writes step reports and completions in batches (group commit).
+    pub reports: Reports,
     /// Local waiters for queues and runs.
     pub wakeups: Arc<Wakeups>,
     /// The server's configuration.
@@ -23,9 +26,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `store` with `config`.
+    /// State over `store` with `config`; starts the batch writers of reports on the current
+    /// Tokio runtime.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
         Self {
+            reports: Reports::start(&store),
             store,
             wakeups: Arc::new(Wakeups::default()),
             config: Arc::new(config),

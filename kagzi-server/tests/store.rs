@@ -9,9 +9,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use kagzi_server::model::{Lease, RunStatus, StepStatus, Worker};
 use kagzi_server::schedule::{CatchUp, Overlap, ScheduleId};
 use kagzi_server::store::{
-    Backoff, Error, NewRun, NewSchedule, NewWorker, PgStore, RunFilter, ScheduleFilter,
-    ScheduleFire, ScheduleKey, ScheduleSpec, ScheduleUpdate, SqliteStore, StepReport, Store,
-    Suspend,
+    Backoff, Completion, Error, NewRun, NewSchedule, NewWorker, PgStore, RunFilter, ScheduleFilter,
+    ScheduleFire, ScheduleKey, ScheduleSpec, ScheduleUpdate, SqliteStore, StepReport, StepWrite,
+    Store, Suspend,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -232,6 +232,242 @@ async fn a_step_is_recorded_once_and_replayed_in_the_journal(store: Arc<dyn Stor
     assert_eq!(
         journal,
         vec![("charge", json!(1)), ("notify", json!("sent"))]
+    );
+}
+
+/// A batch of reports from several runs is recorded as the reports would be one by one:
+/// first write wins, a failed entry is replaced, a repeated key in the batch gets the first
+/// value, and a report under a lost lease is refused without touching the others.
+async fn a_batch_of_step_reports_keeps_every_rule_of_single_reports(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let w = worker(&*store, &["greet"]).await;
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let id = store
+            .create_run(&new_run("greet", json!(i), now), now)
+            .await
+            .expect("create")
+            .id;
+        let task = store
+            .claim(&w, 1, now + LEASE, now)
+            .await
+            .expect("claim")
+            .remove(0);
+        assert_eq!(task.run_id, id);
+        runs.push((id, task.lease_token));
+    }
+    let (a, b, c) = (runs[0], runs[1], runs[2]);
+    store
+        .record_step(a.0, a.1, &completed("charge", 0, json!("old")), now)
+        .await
+        .expect("an earlier report");
+    let failed = StepReport {
+        status: StepStatus::Failed,
+        output: None,
+        error: Some("timeout".to_owned()),
+        ..completed("fetch", 0, json!(null))
+    };
+    store
+        .record_step(b.0, b.1, &failed, now)
+        .await
+        .expect("a failed report");
+    // Run c's lease is taken over by a newer claim: its old token is stale.
+    store.cancel_run(c.0, now).await.expect("cancel c");
+
+    let write = |run: (kagzi_server::model::RunId, uuid::Uuid), report: StepReport| StepWrite {
+        run: run.0,
+        lease_token: run.1,
+        report,
+    };
+    let writes = vec![
+        write(a, completed("charge", 0, json!("new"))),
+        write(a, completed("ship", 1, json!("first"))),
+        write(b, completed("fetch", 0, json!("fetched"))),
+        write(a, completed("ship", 1, json!("second"))),
+        write(c, completed("charge", 0, json!("zombie"))),
+        write(b, completed("store", 1, json!("stored"))),
+    ];
+    let results = store.record_steps(&writes, now).await;
+    assert_eq!(results.len(), writes.len(), "one result per report");
+    let outputs: Vec<Option<serde_json::Value>> = results
+        .iter()
+        .map(|r| r.as_ref().ok().and_then(|s| s.output.clone()))
+        .collect();
+    assert_eq!(
+        outputs,
+        vec![
+            Some(json!("old")),
+            Some(json!("first")),
+            Some(json!("fetched")),
+            Some(json!("first")),
+            None,
+            Some(json!("stored")),
+        ]
+    );
+    assert!(
+        matches!(results[4], Err(Error::LeaseLost(id)) if id == c.0),
+        "{:?}",
+        results[4]
+    );
+    let fetched = results[2].as_ref().expect("fetched");
+    assert_eq!(
+        (fetched.status, fetched.attempts),
+        (StepStatus::Completed, 2)
+    );
+    assert!(
+        store.list_steps(c.0).await.expect("steps of c").is_empty(),
+        "the refused report wrote nothing"
+    );
+    let keys: Vec<String> = store
+        .list_steps(a.0)
+        .await
+        .expect("steps of a")
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(keys, vec!["charge", "ship"]);
+}
+
+/// A batch of completions completes each run under its lease, wakes waiting parents, and
+/// refuses a stale lease or a second completion of the same run without touching the others.
+async fn a_batch_of_completions_keeps_every_rule_of_single_completions(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let w = worker(&*store, &["greet"]).await;
+    let parent = store
+        .create_run(&new_run("greet", json!("parent"), now), now)
+        .await
+        .expect("create parent")
+        .id;
+    let parent_task = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("claim parent")
+        .remove(0);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let new = NewRun {
+            parent_id: (i == 0).then_some(parent),
+            ..new_run("greet", json!(i), now)
+        };
+        ids.push(store.create_run(&new, now).await.expect("create").id);
+    }
+    let tasks = store.claim(&w, 3, now + LEASE, now).await.expect("claim");
+    let lease = |id| {
+        tasks
+            .iter()
+            .find(|t| t.run_id == id)
+            .expect("claimed")
+            .lease_token
+    };
+    let wait = Suspend {
+        child: Some(ids[0]),
+        ..Suspend::default()
+    };
+    let waiting = store
+        .suspend_run(parent, parent_task.lease_token, &wait, now)
+        .await
+        .expect("suspend");
+    assert_eq!(waiting.status, RunStatus::Waiting);
+    store.cancel_run(ids[2], now).await.expect("cancel");
+
+    let complete = |id, output| Completion {
+        run: id,
+        lease_token: lease(id),
+        output,
+    };
+    let batch = vec![
+        complete(ids[0], json!("child")),
+        complete(ids[1], json!("plain")),
+        complete(ids[2], json!("cancelled meanwhile")),
+        complete(ids[1], json!("twice")),
+    ];
+    let results = store.complete_runs(&batch, now).await;
+    assert_eq!(results.len(), batch.len(), "one result per completion");
+    let outputs: Vec<Option<serde_json::Value>> = results
+        .iter()
+        .map(|r| r.as_ref().ok().and_then(|run| run.output.clone()))
+        .collect();
+    assert_eq!(
+        outputs,
+        vec![Some(json!("child")), Some(json!("plain")), None, None]
+    );
+    assert!(
+        matches!(results[2], Err(Error::LeaseLost(id)) if id == ids[2]),
+        "{:?}",
+        results[2]
+    );
+    assert!(
+        matches!(results[3], Err(Error::LeaseLost(id)) if id == ids[1]),
+        "{:?}",
+        results[3]
+    );
+    let plain = store.get_run(ids[1]).await.expect("run");
+    assert_eq!(
+        (plain.status, plain.output),
+        (RunStatus::Completed, Some(json!("plain")))
+    );
+    assert_eq!(
+        store.get_run(ids[2]).await.expect("run").status,
+        RunStatus::Cancelled,
+        "the refused completion changed nothing"
+    );
+    assert_eq!(
+        store.get_run(parent).await.expect("parent").status,
+        RunStatus::Pending,
+        "the waiting parent was woken"
+    );
+}
+
+/// A batch of starts starts each run as a single start would: in order, each claimable,
+/// and an idempotency key (taken earlier or earlier in the batch) answers the existing run
+/// or a conflict.
+async fn a_batch_of_starts_keeps_every_rule_of_single_starts(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let keyed = |key: &str, input| NewRun {
+        idempotency_key: Some(key.to_owned()),
+        ..new_run("greet", input, now)
+    };
+    let earlier = store
+        .create_run(&keyed("order-1", json!(1)), now)
+        .await
+        .expect("an earlier start");
+    let batch = vec![
+        new_run("greet", json!("plain"), now),
+        keyed("order-1", json!(1)),
+        keyed("order-2", json!(2)),
+        keyed("order-2", json!(2)),
+        keyed("order-1", json!("other input")),
+        new_run("greet", json!("plain"), now),
+    ];
+    let results = store.create_runs(&batch, now).await;
+    assert_eq!(results.len(), batch.len(), "one result per start");
+    let created: Vec<Option<(bool, uuid::Uuid)>> = results
+        .iter()
+        .map(|r| r.as_ref().ok().map(|c| (c.existing, c.id.0)))
+        .collect();
+    assert_eq!(created[1], Some((true, earlier.id.0)), "the earlier run");
+    assert_eq!(created[2].map(|c| c.0), Some(false), "a new keyed run");
+    assert_eq!(
+        created[3],
+        created[2].map(|c| (true, c.1)),
+        "the same run again"
+    );
+    assert!(
+        matches!(results[4], Err(Error::Conflict(_))),
+        "{:?}",
+        results[4]
+    );
+    assert!(created[0].is_some_and(|c| !c.0) && created[5].is_some_and(|c| !c.0));
+    assert_ne!(created[0], created[5], "two plain starts are two runs");
+
+    let w = worker(&*store, &["greet"]).await;
+    let claimed = store.claim(&w, 10, now + LEASE, now).await.expect("claim");
+    let mut inputs: Vec<serde_json::Value> = claimed.into_iter().map(|t| t.input).collect();
+    inputs.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        inputs,
+        vec![json!("plain"), json!("plain"), json!(1), json!(2)],
+        "every new run is due, and no other"
     );
 }
 
@@ -947,23 +1183,55 @@ async fn a_child_ending_while_its_parent_suspends_always_wakes_it(store: Arc<dyn
             .await
             .expect("create child")
             .id;
-        let child_task = store
-            .claim(&w, 1, now + LEASE, now)
+        // Odd rounds end the child in a batch with an unrelated run.
+        let other = store
+            .create_run(&new_run("child", json!("other"), now), now)
             .await
-            .expect("claim child")
-            .remove(0);
-        assert_eq!(child_task.run_id, child);
+            .expect("create other")
+            .id;
+        let tasks = store.claim(&w, 2, now + LEASE, now).await.expect("claim");
+        let lease = |id| {
+            tasks
+                .iter()
+                .find(|t| t.run_id == id)
+                .expect("claimed")
+                .lease_token
+        };
+        let completions = vec![
+            Completion {
+                run: child,
+                lease_token: lease(child),
+                output: json!("done"),
+            },
+            Completion {
+                run: other,
+                lease_token: lease(other),
+                output: json!("other"),
+            },
+        ];
         let wait = Suspend {
             child: Some(child),
             ..Suspend::default()
         };
-        let output = json!("done");
+        let end_child = async {
+            if round % 2 == 0 {
+                vec![
+                    store
+                        .complete_run(child, lease(child), &completions[0].output, now)
+                        .await,
+                ]
+            } else {
+                store.complete_runs(&completions, now).await
+            }
+        };
         let (suspended, ended) = tokio::join!(
             store.suspend_run(parent, parent_task.lease_token, &wait, now),
-            store.complete_run(child, child_task.lease_token, &output, now),
+            end_child,
         );
         suspended.expect("suspend");
-        ended.expect("complete");
+        for end in ended {
+            assert_eq!(end.expect("complete").status, RunStatus::Completed);
+        }
         let parent = store.get_run(parent).await.expect("parent");
         assert_eq!(
             parent.status,
@@ -1106,6 +1374,9 @@ conformance!(
     claim_skips_runs_not_due_and_other_workflows_and_queues,
     concurrent_claims_never_hand_out_a_run_twice,
     a_step_is_recorded_once_and_replayed_in_the_journal,
+    a_batch_of_step_reports_keeps_every_rule_of_single_reports,
+    a_batch_of_completions_keeps_every_rule_of_single_completions,
+    a_batch_of_starts_keeps_every_rule_of_single_starts,
     reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_nothing,
     a_failed_run_is_retried_with_backoff_then_fails,
     a_non_retryable_failure_ends_the_run_at_once,

@@ -183,7 +183,7 @@ impl Payload for serde_json::Value {
 /// # Errors
 /// [`ApiError::PayloadTooLarge`] naming `what` and the limit; [`ApiError::InvalidBody`] for
 /// U+0000.
-pub fn check_payload<T: Payload>(what: &str, value: &T, limit: usize) -> Result<(), ApiError> {
+pub fn check_payload<T: Payload>(what: &str, value: &T, limit: usize) -> Result<usize, ApiError> {
     let mut counter = ByteCounter(0);
     // Writing to a counter cannot fail, and a serde_json::Value always serializes.
     let _ = serde_json::to_writer(&mut counter, value);
@@ -198,7 +198,7 @@ pub fn check_payload<T: Payload>(what: &str, value: &T, limit: usize) -> Result<
             "{what} must not contain U+0000 (the NUL character)"
         )));
     }
-    Ok(())
+    Ok(counter.0)
 }
 
 struct ByteCounter(usize);

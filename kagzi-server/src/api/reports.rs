@@ -12,7 +12,7 @@ use super::error::{Problem, Result};
 use super::extract::{Json, Path, check_payload, whole};
 use crate::model::{Run, RunId, Step, StepStatus};
 use crate::state::AppState;
-use crate::store::{StepReport, Suspend};
+use crate::store::{Completion, StepReport, StepWrite, Suspend};
 
 /// `POST /v1/runs/{id}/steps` body: one step's outcome.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -80,18 +80,18 @@ pub(crate) async fn step(
 ) -> Result<Json<Step>> {
     super::runs::check_name("key", &body.key)?;
     let limit = state.config.max_payload_bytes;
-    let (output, error) = match body.status {
+    let (output, error, bytes) = match body.status {
         StepStatus::Completed => {
             let output = body.output.unwrap_or(Value::Null);
-            check_payload(&format!("the output of step {}", body.key), &output, limit)?;
-            (Some(output), None)
+            let bytes = check_payload(&format!("the output of step {}", body.key), &output, limit)?;
+            (Some(output), None, bytes)
         }
         _ => {
             let error = body
                 .error
                 .unwrap_or_else(|| "the step failed without an error message".to_owned());
-            check_payload(&format!("the error of step {}", body.key), &error, limit)?;
-            (None, Some(error))
+            let bytes = check_payload(&format!("the error of step {}", body.key), &error, limit)?;
+            (None, Some(error), bytes)
         }
     };
     let report = StepReport {
@@ -102,10 +102,12 @@ pub(crate) async fn step(
         error,
         attempts: body.attempts,
     };
-    let step = state
-        .store
-        .record_step(RunId(id), body.lease_token, &report, Utc::now())
-        .await?;
+    let write = StepWrite {
+        run: RunId(id),
+        lease_token: body.lease_token,
+        report,
+    };
+    let step = state.reports.steps.submit(write, bytes).await?;
     Ok(Json(step))
 }
 
@@ -139,11 +141,13 @@ pub(crate) async fn complete(
     Path(id): Path<Uuid>,
     Json(body): Json<CompleteBody>,
 ) -> Result<Json<Run>> {
-    check_payload("output", &body.output, state.config.max_payload_bytes)?;
-    let run = state
-        .store
-        .complete_run(RunId(id), body.lease_token, &body.output, Utc::now())
-        .await?;
+    let bytes = check_payload("output", &body.output, state.config.max_payload_bytes)?;
+    let completion = Completion {
+        run: RunId(id),
+        lease_token: body.lease_token,
+        output: body.output,
+    };
+    let run = state.reports.completions.submit(completion, bytes).await?;
     Ok(Json(run))
 }
 

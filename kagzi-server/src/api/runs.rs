@@ -147,7 +147,7 @@ async fn start(
 ) -> Result<(StatusCode, Json<Started>)> {
     check_name("workflow", &req.workflow)?;
     check_name("queue", &req.queue)?;
-    check_payload("input", &req.input, state.config.max_payload_bytes)?;
+    let bytes = check_payload("input", &req.input, state.config.max_payload_bytes)?;
     if req.delay_ms > MAX_DELAY_MS {
         return Err(ApiError::InvalidBody(format!(
             "delay_ms must be at most {MAX_DELAY_MS} (ten years), not {}",
@@ -203,7 +203,8 @@ async fn start(
         deadline_at: req.timeout_ms.map(after),
         retry_policy: req.retry_policy,
     };
-    let created = state.store.create_run(&new, now).await?;
+    let workflow = new.workflow.clone();
+    let created = state.reports.starts.submit(new, bytes).await?;
     if created.existing {
         let run = state.store.get_run(created.id).await?;
         return Ok((
@@ -214,7 +215,7 @@ async fn start(
             }),
         ));
     }
-    tracing::debug!(run_id = %created.id, workflow = %new.workflow, "run started");
+    tracing::debug!(run_id = %created.id, %workflow, "run started");
     Ok((
         StatusCode::CREATED,
         Json(Started {

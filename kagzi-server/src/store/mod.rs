@@ -52,6 +52,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// [`Error::Conflict`] when the key belongs to a run of another workflow or input.
     async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<Created>;
 
+    /// Starts several runs at once, as [`create_run`](Self::create_run) would one by one:
+    /// one result per run, in order. Stores that can insert them in one statement do; this
+    /// default starts them one by one.
+    async fn create_runs(&self, runs: &[NewRun], now: DateTime<Utc>) -> Vec<Result<Created>> {
+        let mut results = Vec::with_capacity(runs.len());
+        for new in runs {
+            results.push(self.create_run(new, now).await);
+        }
+        results
+    }
+
     /// One run.
     ///
     /// # Errors
@@ -143,6 +154,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<Step>;
 
+    /// Records several step reports (of any runs) at once, as [`record_step`](Self::record_step)
+    /// would one by one: one result per write, in order. Stores that can write them in one
+    /// statement and one commit do; this default records them one by one.
+    async fn record_steps(&self, writes: &[StepWrite], now: DateTime<Utc>) -> Vec<Result<Step>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            results.push(
+                self.record_step(write.run, write.lease_token, &write.report, now)
+                    .await,
+            );
+        }
+        results
+    }
+
     /// Completes a run under its lease with `output`.
     ///
     /// # Errors
@@ -154,6 +179,25 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         output: &Value,
         now: DateTime<Utc>,
     ) -> Result<Run>;
+
+    /// Completes several runs (each under its lease) at once, as
+    /// [`complete_run`](Self::complete_run) would one by one: one result per completion, in
+    /// order. Stores that can write them in one transaction do; this default completes them
+    /// one by one.
+    async fn complete_runs(
+        &self,
+        completions: &[Completion],
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Run>> {
+        let mut results = Vec::with_capacity(completions.len());
+        for c in completions {
+            results.push(
+                self.complete_run(c.run, c.lease_token, &c.output, now)
+                    .await,
+            );
+        }
+        results
+    }
 
     /// Fails the current attempt of a run under its lease. While retries remain (and the
     /// error is retryable) the run goes back to `pending`, due after `backoff`; otherwise it
@@ -545,6 +589,28 @@ pub struct StepReport {
     pub error: Option<String>,
     /// How many attempts this report covers.
     pub attempts: u32,
+}
+
+/// One step report of a batch for [`Store::record_steps`].
+#[derive(Debug, Clone)]
+pub struct StepWrite {
+    /// The run.
+    pub run: RunId,
+    /// The lease the report is made under.
+    pub lease_token: Uuid,
+    /// The report.
+    pub report: StepReport,
+}
+
+/// One completion of a batch for [`Store::complete_runs`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The run.
+    pub run: RunId,
+    /// The lease the run is held under.
+    pub lease_token: Uuid,
+    /// The workflow's output.
+    pub output: Value,
 }
 
 /// Filters and page position for listing runs, newest first.

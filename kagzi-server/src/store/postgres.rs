@@ -5,6 +5,7 @@
 //! [`QUEUE_CHANNEL`] carries a queue name when a run on it may have become due, and
 //! [`RUN_DONE_CHANNEL`] carries a run id when the run ended.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Backoff, Created, Error, FireOutcome, NewRun, NewSchedule, NewWorker, Result, RunFilter,
-    ScheduleFilter, ScheduleFire, ScheduleKey, ScheduleUpdate, StepReport, Store, Suspend,
-    far_future, retry_after,
+    Backoff, Completion, Created, Error, FireOutcome, NewRun, NewSchedule, NewWorker, Result,
+    RunFilter, ScheduleFilter, ScheduleFire, ScheduleKey, ScheduleUpdate, StepReport, StepWrite,
+    Store, Suspend, far_future, retry_after,
 };
 use crate::engine::wakeup::Wakeups;
 use crate::model::{Lease, RetryPolicy, Run, RunId, RunStatus, Step, Task, Worker, WorkerId};
@@ -222,6 +223,41 @@ impl Store for PgStore {
                 .fetch_one(&self.pool)
                 .await?;
         super::same_start(key, existing, (&workflow, &input), new)
+    }
+
+    async fn create_runs(&self, runs: &[NewRun], now: DateTime<Utc>) -> Vec<Result<Created>> {
+        // One statement for the batch; a run it did not insert (its idempotency key is
+        // taken) and a failed statement fall back to `create_run`, which answers the existing
+        // run or says why not.
+        let mut placed: Vec<Option<RunId>> = vec![None; runs.len()];
+        if runs.len() > 1 {
+            match self.insert_runs(runs, now).await {
+                Ok(inserted) => {
+                    for (ord, id) in inserted {
+                        if let Some(slot) = usize::try_from(ord - 1)
+                            .ok()
+                            .and_then(|k| placed.get_mut(k))
+                        {
+                            *slot = Some(id);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, runs = runs.len(), "a start batch failed; starting its runs one by one");
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(runs.len());
+        for (new, id) in runs.iter().zip(placed) {
+            results.push(match id {
+                Some(id) => Ok(Created {
+                    id,
+                    existing: false,
+                }),
+                None => self.create_run(new, now).await,
+            });
+        }
+        results
     }
 
     async fn get_run(&self, id: RunId) -> Result<Run> {
@@ -530,6 +566,44 @@ impl Store for PgStore {
         }
     }
 
+    async fn record_steps(&self, writes: &[StepWrite], now: DateTime<Utc>) -> Vec<Result<Step>> {
+        // One statement for the first report of each (run, key); a repeated key in the same
+        // batch, a report the statement could not place (lease lost, a concurrent writer) and
+        // a failed statement fall back to `record_step`, which says precisely why.
+        let mut seen = HashSet::with_capacity(writes.len());
+        let firsts: Vec<usize> = (0..writes.len())
+            .filter(|&i| seen.insert((writes[i].run, writes[i].report.key.as_str())))
+            .collect();
+        let mut placed: Vec<Option<Step>> = vec![None; writes.len()];
+        if firsts.len() > 1 {
+            let batch: Vec<&StepWrite> = firsts.iter().map(|&i| &writes[i]).collect();
+            match self.write_steps(&batch, now).await {
+                Ok(written) => {
+                    for (ord, step) in written {
+                        let slot = usize::try_from(ord - 1).ok().and_then(|k| firsts.get(k));
+                        if let Some(&i) = slot {
+                            placed[i] = Some(step);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, reports = batch.len(), "a step batch failed; writing its reports one by one");
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(writes.len());
+        for (write, step) in writes.iter().zip(placed) {
+            results.push(match step {
+                Some(step) => Ok(step),
+                None => {
+                    self.record_step(write.run, write.lease_token, &write.report, now)
+                        .await
+                }
+            });
+        }
+        results
+    }
+
     async fn complete_run(
         &self,
         run: RunId,
@@ -565,6 +639,49 @@ impl Store for PgStore {
         wake_parent(&mut tx, run, now).await?;
         tx.commit().await?;
         Ok(done)
+    }
+
+    async fn complete_runs(
+        &self,
+        completions: &[Completion],
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Run>> {
+        // One statement (and commit) for the first completion of each run without a parent;
+        // a child run (its parent may need waking in the same transaction), a repeated run in
+        // the batch, a completion the batch could not place (lease lost) and a failed batch
+        // fall back to `complete_run`, which says precisely why.
+        let mut seen = HashSet::with_capacity(completions.len());
+        let firsts: Vec<usize> = (0..completions.len())
+            .filter(|&i| seen.insert(completions[i].run))
+            .collect();
+        let mut placed: Vec<Option<Run>> = vec![None; completions.len()];
+        if !firsts.is_empty() {
+            let batch: Vec<&Completion> = firsts.iter().map(|&i| &completions[i]).collect();
+            match self.complete_batch(&batch, now).await {
+                Ok(done) => {
+                    for (ord, run) in done {
+                        let slot = usize::try_from(ord - 1).ok().and_then(|k| firsts.get(k));
+                        if let Some(&i) = slot {
+                            placed[i] = Some(run);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, completions = batch.len(), "a completion batch failed; completing its runs one by one");
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(completions.len());
+        for (c, run) in completions.iter().zip(placed) {
+            results.push(match run {
+                Some(run) => Ok(run),
+                None => {
+                    self.complete_run(c.run, c.lease_token, &c.output, now)
+                        .await
+                }
+            });
+        }
+        results
     }
 
     async fn fail_run(
@@ -1199,6 +1316,179 @@ async fn lock_held(
     .fetch_optional(conn)
     .await?;
     Ok(held)
+}
+
+impl PgStore {
+    /// Writes a batch of step reports with distinct (run, key) in one statement, each under
+    /// its run's lease and first-write-wins, and returns `(1-based position in the batch,
+    /// recorded step)` for each report it could place: written, or already recorded.
+    async fn write_steps(
+        &self,
+        batch: &[&StepWrite],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(i64, Step)>> {
+        let rows: Vec<Placed> = sqlx::query_as(
+            r"with input as (
+                  select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[],
+                                       $6::jsonb[], $7::text[], $8::int4[])
+                      with ordinality
+                      as i(run_id, lease_token, key, position, status, output, error, attempts, ord)
+              ),
+              lease as (
+                  select i.ord from input i join kagzi.runs r on r.id = i.run_id
+                  where r.lease_token = i.lease_token and r.status = 'running'
+                    and r.lease_expires_at > $9
+                  order by r.id
+                  for share of r
+              ),
+              written as (
+                  insert into kagzi.steps
+                      (run_id, key, position, status, output, error, attempts, created_at, finished_at)
+                  select i.run_id, i.key, i.position, i.status, i.output, i.error, i.attempts, $9, $9
+                  from input i join lease l on l.ord = i.ord
+                  on conflict (run_id, key) do update
+                      set position = excluded.position, status = excluded.status,
+                          output = excluded.output, error = excluded.error,
+                          attempts = kagzi.steps.attempts + excluded.attempts,
+                          finished_at = excluded.finished_at
+                      where kagzi.steps.status = 'failed'
+                  returning run_id, key, position, status, output, error, attempts, created_at,
+                            finished_at
+              )
+              select i.ord, w.key, w.position, w.status, w.output, w.error, w.attempts,
+                     w.created_at, w.finished_at
+              from written w join input i on i.run_id = w.run_id and i.key = w.key
+              union all
+              select i.ord, s.key, s.position, s.status, s.output, s.error, s.attempts,
+                     s.created_at, s.finished_at
+              from input i
+              join lease l on l.ord = i.ord
+              join kagzi.steps s on s.run_id = i.run_id and s.key = i.key
+              where not exists (select 1 from written w where w.run_id = i.run_id and w.key = i.key)",
+        )
+        .bind(batch.iter().map(|w| w.run).collect::<Vec<_>>())
+        .bind(batch.iter().map(|w| w.lease_token).collect::<Vec<_>>())
+        .bind(batch.iter().map(|w| w.report.key.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|w| to_i32(w.report.position)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|w| w.report.status.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|w| w.report.output.as_ref().map(Json)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|w| w.report.error.as_deref()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|w| to_i32(w.report.attempts.max(1))).collect::<Vec<_>>())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|row| (row.ord, row.step)).collect())
+    }
+
+    /// Completes a batch of distinct runs that have no parent, each under its lease, in one
+    /// statement, and notifies their result waiters. Returns `(1-based position in the
+    /// batch, completed run)` for each run it completed.
+    async fn complete_batch(
+        &self,
+        batch: &[&Completion],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(i64, Run)>> {
+        let done: Vec<Ended> = sqlx::query_as(concat!(
+            r"with input as (
+                  select * from unnest($1::uuid[], $2::uuid[], $3::jsonb[])
+                      with ordinality as i(id, lease_token, output, ord)
+              ),
+              done as (
+                  update kagzi.runs r
+                  set status = 'completed', output = i.output, error = null, finished_at = $4,
+                      updated_at = $4, lease_token = null, lease_expires_at = null
+                  from input i
+                  where r.id = i.id and r.lease_token = i.lease_token and r.status = 'running'
+                    and r.lease_expires_at > $4 and r.parent_id is null
+                  returning r.*, i.ord
+              )
+              select ord, ",
+            run_columns!(),
+            r", pg_notify($5, id::text)::text as notified from done"
+        ))
+        .bind(batch.iter().map(|c| c.run).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.lease_token).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| Json(&c.output)).collect::<Vec<_>>())
+        .bind(now)
+        .bind(RUN_DONE_CHANNEL)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(done.into_iter().map(|d| (d.ord, d.run)).collect())
+    }
+
+    /// Inserts a batch of new runs in one statement, skipping those whose idempotency key is
+    /// taken, and notifies their queues. Returns `(1-based position in the batch, run id)`
+    /// for each run it inserted.
+    async fn insert_runs(&self, runs: &[NewRun], now: DateTime<Utc>) -> Result<Vec<(i64, RunId)>> {
+        let ids: Vec<RunId> = runs.iter().map(|_| RunId::new()).collect();
+        let inserted: Vec<(i64, RunId)> = sqlx::query_as(
+            r"with input as (
+                  select * from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[],
+                                       $6::timestamptz[], $7::uuid[], $8::text[],
+                                       $9::timestamptz[], $10::jsonb[])
+                      with ordinality
+                      as i(id, workflow, queue, input, retries, available_at, parent_id,
+                           idempotency_key, deadline_at, retry_policy, ord)
+              ),
+              inserted as (
+                  insert into kagzi.runs
+                      (id, workflow, queue, status, input, retries, available_at, created_at,
+                       updated_at, parent_id, idempotency_key, deadline_at, retry_policy)
+                  select id, workflow, queue, 'pending', input, retries, available_at, $11, $11,
+                         parent_id, idempotency_key, deadline_at, retry_policy
+                  from input order by ord
+                  on conflict (idempotency_key) where idempotency_key is not null do nothing
+                  returning id, queue
+              )
+              select i.ord, i.id,
+                     (select count(pg_notify($12, q.queue))
+                      from (select distinct queue from inserted) q) as notified
+              from inserted n join input i on i.id = n.id",
+        )
+        .bind(&ids)
+        .bind(runs.iter().map(|r| r.workflow.as_str()).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| Json(&r.input)).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| to_i32(r.retries)).collect::<Vec<_>>())
+        .bind(
+            runs.iter()
+                .map(|r| r.available_at.max(now))
+                .collect::<Vec<_>>(),
+        )
+        .bind(runs.iter().map(|r| r.parent_id).collect::<Vec<_>>())
+        .bind(
+            runs.iter()
+                .map(|r| r.idempotency_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(runs.iter().map(|r| r.deadline_at).collect::<Vec<_>>())
+        .bind(
+            runs.iter()
+                .map(|r| r.retry_policy.as_ref().map(Json))
+                .collect::<Vec<_>>(),
+        )
+        .bind(now)
+        .bind(QUEUE_CHANNEL)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(inserted)
+    }
+}
+
+/// A row of [`PgStore::complete_batch`]: a batch position and its completed run.
+#[derive(sqlx::FromRow)]
+struct Ended {
+    ord: i64,
+    #[sqlx(flatten)]
+    run: Run,
+}
+
+/// A row of [`PgStore::write_steps`]: a batch position and its recorded step.
+#[derive(sqlx::FromRow)]
+struct Placed {
+    ord: i64,
+    #[sqlx(flatten)]
+    step: Step,
 }
 
 /// Sends a notification on `channel`, delivered when the transaction commits.
