@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Backoff, Created, Error, FireOutcome, NewRun, NewSchedule, NewWorker, Result, RunFilter,
-    ScheduleFilter, ScheduleFire, ScheduleKey, ScheduleUpdate, StepReport, Store, Suspend,
-    far_future, retry_after,
+    Backoff, Completion, Created, Error, FireOutcome, NewRun, NewSchedule, NewWorker, Result,
+    RunFilter, ScheduleFilter, ScheduleFire, ScheduleKey, ScheduleUpdate, StepReport, StepWrite,
+    Store, Suspend, far_future, retry_after,
 };
 use crate::engine::wakeup::Wakeups;
 use crate::model::{Lease, RetryPolicy, Run, RunId, RunStatus, Step, Task, Worker, WorkerId};
@@ -201,41 +201,43 @@ impl Store for SqliteStore {
     }
 
     async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<Created> {
-        let id = RunId::new();
-        let inserted = sqlx::query(
-            r"insert into runs
-                  (id, workflow, queue, status, input, retries, available_at, created_at, updated_at,
-                   parent_id, idempotency_key, deadline_at, retry_policy)
-              values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)
-              on conflict (idempotency_key) where idempotency_key is not null do nothing",
-        )
-        .bind(id)
-        .bind(&new.workflow)
-        .bind(&new.queue)
-        .bind(Json(&new.input))
-        .bind(i64::from(new.retries))
-        .bind(new.available_at.max(now))
-        .bind(now)
-        .bind(new.parent_id)
-        .bind(new.idempotency_key.as_deref())
-        .bind(new.deadline_at)
-        .bind(new.retry_policy.as_ref().map(Json))
-        .execute(&self.pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
+        let mut conn = self.pool.acquire().await?;
+        let created = insert_run(&mut conn, new, now).await?;
+        if !created.existing {
             self.notify(Note::Queue(new.queue.clone()));
-            return Ok(Created {
-                id,
-                existing: false,
-            });
         }
-        let key = new.idempotency_key.as_deref().unwrap_or_default();
-        let (existing, workflow, Json(input)): (RunId, String, Json<Value>) =
-            sqlx::query_as("select id, workflow, input from runs where idempotency_key = ?1")
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await?;
-        super::same_start(key, existing, (&workflow, &input), new)
+        Ok(created)
+    }
+
+    async fn create_runs(&self, runs: &[NewRun], now: DateTime<Utc>) -> Vec<Result<Created>> {
+        let batch = async {
+            let mut tx = self.pool.begin().await?;
+            let mut results = Vec::with_capacity(runs.len());
+            for new in runs {
+                results.push(insert_run(&mut tx, new, now).await);
+            }
+            tx.commit().await?;
+            Ok::<_, Error>(results)
+        };
+        match batch.await {
+            Ok(results) => {
+                let queues = runs
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.as_ref().is_ok_and(|c| !c.existing))
+                    .map(|(new, _)| new.queue.clone())
+                    .collect();
+                self.notify_queues(queues);
+                results
+            }
+            Err(_) => {
+                let mut results = Vec::with_capacity(runs.len());
+                for new in runs {
+                    results.push(self.create_run(new, now).await);
+                }
+                results
+            }
+        }
     }
 
     async fn get_run(&self, id: RunId) -> Result<Run> {
@@ -507,46 +509,31 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Step> {
         let mut tx = self.pool.begin().await?;
-        Self::ensure_lease(&mut *tx, run, lease_token, now).await?;
-        let written = sqlx::query_as::<_, Step>(concat!(
-            r"insert into steps
-                  (run_id, key, position, status, output, error, attempts, created_at, finished_at)
-              values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-              on conflict (run_id, key) do update
-                  set position = excluded.position, status = excluded.status,
-                      output = excluded.output, error = excluded.error,
-                      attempts = steps.attempts + excluded.attempts,
-                      finished_at = excluded.finished_at
-                  where steps.status = 'failed'
-              returning ",
-            step_columns!()
-        ))
-        .bind(run)
-        .bind(&report.key)
-        .bind(i64::from(report.position))
-        .bind(report.status)
-        .bind(report.output.as_ref().map(Json))
-        .bind(report.error.as_deref())
-        .bind(i64::from(report.attempts.max(1)))
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let step = match written {
-            Some(step) => step,
-            None => {
-                sqlx::query_as::<_, Step>(concat!(
-                    "select ",
-                    step_columns!(),
-                    " from steps where run_id = ?1 and key = ?2"
-                ))
-                .bind(run)
-                .bind(&report.key)
-                .fetch_one(&mut *tx)
-                .await?
-            }
-        };
+        let step = write_step(&mut tx, run, lease_token, report, now).await?;
         tx.commit().await?;
         Ok(step)
+    }
+
+    async fn record_steps(&self, writes: &[StepWrite], now: DateTime<Utc>) -> Vec<Result<Step>> {
+        let batch = async {
+            let mut tx = self.pool.begin().await?;
+            let mut results = Vec::with_capacity(writes.len());
+            for w in writes {
+                results.push(write_step(&mut tx, w.run, w.lease_token, &w.report, now).await);
+            }
+            tx.commit().await?;
+            Ok::<_, Error>(results)
+        };
+        match batch.await {
+            Ok(results) => results,
+            Err(_) => {
+                let mut results = Vec::with_capacity(writes.len());
+                for w in writes {
+                    results.push(self.record_step(w.run, w.lease_token, &w.report, now).await);
+                }
+                results
+            }
+        }
     }
 
     async fn complete_run(
@@ -557,29 +544,54 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Run> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query_as::<_, Run>(concat!(
-            r"update runs
-              set status = 'completed', output = ?3, error = null, finished_at = ?4,
-                  updated_at = ?4, lease_token = null, lease_expires_at = null
-              where id = ?1 and lease_token = ?2 and status = 'running' and lease_expires_at > ?4
-              returning ",
-            run_columns!()
-        ))
-        .bind(run)
-        .bind(lease_token)
-        .bind(Json(output))
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(done) = done else {
-            let check = Self::ensure_lease(&mut *tx, run, lease_token, now).await;
-            return Err(lease_error(check, run));
-        };
-        let parent_queue = wake_parent(&mut tx, run, now).await?;
+        let (done, parent_queue) = finish_run(&mut tx, run, lease_token, output, now).await?;
         tx.commit().await?;
         self.notify(Note::RunDone(run));
         self.notify_queues(parent_queue.into_iter().collect());
         Ok(done)
+    }
+
+    async fn complete_runs(
+        &self,
+        completions: &[Completion],
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Run>> {
+        let batch = async {
+            let mut tx = self.pool.begin().await?;
+            let mut results = Vec::with_capacity(completions.len());
+            for c in completions {
+                results.push(finish_run(&mut tx, c.run, c.lease_token, &c.output, now).await);
+            }
+            tx.commit().await?;
+            Ok::<_, Error>(results)
+        };
+        match batch.await {
+            Ok(results) => {
+                let mut queues = Vec::new();
+                let results = results
+                    .into_iter()
+                    .map(|result| {
+                        result.map(|(run, parent_queue)| {
+                            self.notify(Note::RunDone(run.id));
+                            queues.extend(parent_queue);
+                            run
+                        })
+                    })
+                    .collect();
+                self.notify_queues(queues);
+                results
+            }
+            Err(_) => {
+                let mut results = Vec::with_capacity(completions.len());
+                for c in completions {
+                    results.push(
+                        self.complete_run(c.run, c.lease_token, &c.output, now)
+                            .await,
+                    );
+                }
+                results
+            }
+        }
     }
 
     async fn fail_run(
@@ -1165,6 +1177,128 @@ fn schedule_not_found(id: impl std::fmt::Display) -> Error {
 /// Durations the API accepts as `u64` milliseconds are stored as integers; larger saturate.
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Inserts a new run (or finds the run its idempotency key already started) on `conn`.
+async fn insert_run(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewRun,
+    now: DateTime<Utc>,
+) -> Result<Created> {
+    let id = RunId::new();
+    let inserted = sqlx::query(
+        r"insert into runs
+              (id, workflow, queue, status, input, retries, available_at, created_at, updated_at,
+               parent_id, idempotency_key, deadline_at, retry_policy)
+          values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)
+          on conflict (idempotency_key) where idempotency_key is not null do nothing",
+    )
+    .bind(id)
+    .bind(&new.workflow)
+    .bind(&new.queue)
+    .bind(Json(&new.input))
+    .bind(i64::from(new.retries))
+    .bind(new.available_at.max(now))
+    .bind(now)
+    .bind(new.parent_id)
+    .bind(new.idempotency_key.as_deref())
+    .bind(new.deadline_at)
+    .bind(new.retry_policy.as_ref().map(Json))
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(Created {
+            id,
+            existing: false,
+        });
+    }
+    let key = new.idempotency_key.as_deref().unwrap_or_default();
+    let (existing, workflow, Json(input)): (RunId, String, Json<Value>) =
+        sqlx::query_as("select id, workflow, input from runs where idempotency_key = ?1")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+    super::same_start(key, existing, (&workflow, &input), new)
+}
+
+/// Records a step outcome under the run's lease on `conn` (first write wins).
+async fn write_step(
+    conn: &mut sqlx::SqliteConnection,
+    run: RunId,
+    lease_token: Uuid,
+    report: &StepReport,
+    now: DateTime<Utc>,
+) -> Result<Step> {
+    SqliteStore::ensure_lease(&mut *conn, run, lease_token, now).await?;
+    let written = sqlx::query_as::<_, Step>(concat!(
+        r"insert into steps
+              (run_id, key, position, status, output, error, attempts, created_at, finished_at)
+          values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+          on conflict (run_id, key) do update
+              set position = excluded.position, status = excluded.status,
+                  output = excluded.output, error = excluded.error,
+                  attempts = steps.attempts + excluded.attempts,
+                  finished_at = excluded.finished_at
+              where steps.status = 'failed'
+          returning ",
+        step_columns!()
+    ))
+    .bind(run)
+    .bind(&report.key)
+    .bind(i64::from(report.position))
+    .bind(report.status)
+    .bind(report.output.as_ref().map(Json))
+    .bind(report.error.as_deref())
+    .bind(i64::from(report.attempts.max(1)))
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let step = match written {
+        Some(step) => step,
+        None => {
+            sqlx::query_as::<_, Step>(concat!(
+                "select ",
+                step_columns!(),
+                " from steps where run_id = ?1 and key = ?2"
+            ))
+            .bind(run)
+            .bind(&report.key)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+    };
+    Ok(step)
+}
+
+/// Completes a run under its lease on `conn` and wakes its waiting parent; returns the run
+/// and the parent's queue if it was woken.
+async fn finish_run(
+    conn: &mut sqlx::SqliteConnection,
+    run: RunId,
+    lease_token: Uuid,
+    output: &Value,
+    now: DateTime<Utc>,
+) -> Result<(Run, Option<String>)> {
+    let done = sqlx::query_as::<_, Run>(concat!(
+        r"update runs
+          set status = 'completed', output = ?3, error = null, finished_at = ?4,
+              updated_at = ?4, lease_token = null, lease_expires_at = null
+          where id = ?1 and lease_token = ?2 and status = 'running' and lease_expires_at > ?4
+          returning ",
+        run_columns!()
+    ))
+    .bind(run)
+    .bind(lease_token)
+    .bind(Json(output))
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(done) = done else {
+        let check = SqliteStore::ensure_lease(&mut *conn, run, lease_token, now).await;
+        return Err(lease_error(check, run));
+    };
+    let parent_queue = wake_parent(conn, run, now).await?;
+    Ok((done, parent_queue))
 }
 
 /// Makes the parent of `child` due again if it is waiting (a woken run that finds nothing to
