@@ -478,7 +478,11 @@ impl Store for PgStore {
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<RunId> = claimed.iter().map(|c| c.0).collect();
+        // A run's first attempt has no journal yet: steps are only written under a lease.
+        let ids: Vec<RunId> = claimed.iter().filter(|c| c.3 > 1).map(|c| c.0).collect();
+        if ids.is_empty() {
+            return Ok(super::tasks(claimed, Vec::new(), lease_expires_at));
+        }
         let journal: Vec<(RunId, String, i32, Json<Value>)> = sqlx::query_as(
             r"select run_id, key, position, output from kagzi.steps
               where run_id = any($1) and status = 'completed'

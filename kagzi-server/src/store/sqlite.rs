@@ -470,16 +470,25 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         claimed.sort_by_key(|run| (run.5, run.0));
-        let mut journal_query = QueryBuilder::<Sqlite>::new(
-            "select run_id, key, position, output from steps where status = 'completed' and run_id in (",
-        );
-        let mut ids = journal_query.separated(", ");
-        for run in &claimed {
-            ids.push_bind(run.0);
-        }
-        journal_query.push(") order by run_id, position");
-        let journal: Vec<(RunId, String, i32, Json<Value>)> =
-            journal_query.build_query_as().fetch_all(&mut *tx).await?;
+        // A run's first attempt has no journal yet: steps are only written under a lease.
+        let resumed: Vec<RunId> = claimed
+            .iter()
+            .filter(|run| run.3 > 1)
+            .map(|run| run.0)
+            .collect();
+        let journal: Vec<(RunId, String, i32, Json<Value>)> = if resumed.is_empty() {
+            Vec::new()
+        } else {
+            let mut journal_query = QueryBuilder::<Sqlite>::new(
+                "select run_id, key, position, output from steps where status = 'completed' and run_id in (",
+            );
+            let mut ids = journal_query.separated(", ");
+            for run in resumed {
+                ids.push_bind(run);
+            }
+            journal_query.push(") order by run_id, position");
+            journal_query.build_query_as().fetch_all(&mut *tx).await?
+        };
         tx.commit().await?;
         let claimed = claimed
             .into_iter()
