@@ -1,5 +1,6 @@
 //! The state every request handler shares.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +11,17 @@ use crate::engine::group_commit::Reports;
 use crate::engine::wakeup::Wakeups;
 use crate::store::{Backoff, Store};
 
-/// Shared server state: the store, the wake-up registries and the settings.
+/// Shared server state: the store, the wake-up registries and the settings. Cloning it (as
+/// every request does) is one reference count.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     /// The store.
     pub store: Arc<dyn Store>,
-    /// Writes step reports and completions in batches (group commit).
+    /// Writes starts, step reports and completions in batches (group commit).
     pub reports: Reports,
     /// Local waiters for queues and runs.
     pub wakeups: Arc<Wakeups>,
@@ -25,17 +31,25 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl AppState {
     /// State over `store` with `config`; starts the batch writers of reports on the current
     /// Tokio runtime.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             reports: Reports::start(&store),
             store,
             wakeups: Arc::new(Wakeups::default()),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
-        }
+        }))
     }
 
     /// The retry backoff for failed runs.
