@@ -510,6 +510,106 @@ async fn a_server_restart_with_100_runs_in_flight_loses_nothing(db: TestDb) {
     stop.cancel();
 }
 
+// --- crash test (d): the database drops every connection while runs are in flight -------
+
+/// Every connection of the server (pool and notification listener) is killed three times
+/// while 100 runs are in flight, as a database restart would: nothing is lost, no step is
+/// recorded twice, and wake-ups resume.
+#[sqlx::test(migrations = false)]
+async fn a_database_outage_with_runs_in_flight_loses_nothing(pool: sqlx::PgPool) {
+    use sqlx::Connection;
+
+    let db_url = support::database_url(&pool);
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("the test database has a name")
+        .to_owned();
+    drop(pool);
+    let server = ServerProcess::start(&db_url, support::free_port()).await;
+    let url = server.url.clone();
+
+    let mut worker = Worker::builder(&url, "outage")
+        .max_concurrent(20)
+        .build()
+        .await
+        .expect("worker");
+    worker.register("triple", |ctx: WorkflowContext, n: u64| async move {
+        let mut acc = n;
+        for name in ["a", "b", "c"] {
+            acc = ctx
+                .run(name, async move {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    Ok(acc * 2)
+                })
+                .await?;
+        }
+        Ok(acc)
+    });
+    let (stop, _handle) = support::spawn_worker(worker);
+
+    let client = Client::connect(&url).await.expect("client");
+    let mut ids = Vec::new();
+    for n in 0..100u64 {
+        ids.push((
+            n,
+            client.workflow("triple", "outage", n).await.expect("start"),
+        ));
+    }
+    let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("an admin connection");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let killed: i64 = sqlx::query_scalar(
+            "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+                                   where datname = $1 and pid <> pg_backend_pid()) t",
+        )
+        .bind(&database)
+        .fetch_one(&mut admin)
+        .await
+        .expect("terminate the server's connections");
+        assert!(killed > 0, "the server had connections to kill");
+    }
+    let completed = loop {
+        let done = kagzi::RunFilter::default()
+            .status(RunStatus::Completed)
+            .limit(1000);
+        // The first calls after the outage may find the server still reconnecting.
+        if let Ok(page) = client.list_runs(done).await {
+            break page.runs.len();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        completed < 100,
+        "runs were still in flight during the outages"
+    );
+
+    for (n, id) in ids {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let output = loop {
+            match client.wait(id, Duration::from_secs(5)).await {
+                Ok(run) if run.status == RunStatus::Completed => break run.output,
+                Ok(run) => panic!("run {id} ended {:?}: {:?}", run.status, run.error),
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "run {id} did not complete: {e}"
+                ),
+            }
+        };
+        assert_eq!(output, Some(json!(n * 8)), "run {id} has the right output");
+        let keys = completed_keys(&client, id).await;
+        assert_eq!(
+            keys,
+            vec!["a", "b", "c"],
+            "run {id} recorded each step once"
+        );
+    }
+    stop.cancel();
+}
+
 // --- the README's example runs ----------------------------------------------------------
 
 async fn the_simple_example_runs_against_a_real_server(db: TestDb) {

@@ -187,10 +187,25 @@ impl From<store::Error> for ApiError {
             store::Error::NotFound(what) => Self::NotFound(format!("{what} not found")),
             store::Error::Conflict(detail) => Self::Conflict(detail),
             e @ store::Error::LeaseLost(_) => Self::LeaseLost(e.to_string()),
-            store::Error::Database(
-                e @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed),
-            ) => Self::Unavailable(e.to_string()),
+            store::Error::Database(e) if is_transient(&e) => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+/// Whether a database error says "try again" (the database is restarting or unreachable, a
+/// connection dropped, a transaction lost a race) rather than "this request is wrong".
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE classes 08 (connection exception) and 57 (operator intervention, e.g.
+        // admin shutdown), serialization failures and deadlocks.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57") || code == "40001" || code == "40P01"
+        }),
+        _ => false,
     }
 }
