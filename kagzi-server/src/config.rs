@@ -72,6 +72,16 @@ pub struct Config {
     #[arg(long, env = "KAGZI_RETRY_MAX_MS", default_value_t = 300_000)]
     pub retry_max_ms: u64,
 
+    /// How long an idempotency key keeps answering with the run it started, in milliseconds;
+    /// after that, a start with the key starts a new run. Keys of child runs are kept for
+    /// good (a parent's replay must never start a second child).
+    #[arg(
+        long,
+        env = "KAGZI_IDEMPOTENCY_WINDOW_MS",
+        default_value_t = 86_400_000
+    )]
+    pub idempotency_window_ms: u64,
+
     /// How long an idle poll may wait for work before the server double-checks the database,
     /// in milliseconds (a guard against a lost notification, not the wake-up path).
     #[arg(long, env = "KAGZI_POLL_RECHECK_MS", default_value_t = 5_000)]
@@ -129,6 +139,7 @@ impl fmt::Debug for Config {
             .field("watchdog_ms", &self.watchdog_ms)
             .field("retry_base_ms", &self.retry_base_ms)
             .field("retry_max_ms", &self.retry_max_ms)
+            .field("idempotency_window_ms", &self.idempotency_window_ms)
             .field("poll_recheck_ms", &self.poll_recheck_ms)
             .field("long_poll_max_ms", &self.long_poll_max_ms)
             .finish_non_exhaustive()

@@ -27,6 +27,7 @@ fn new_run(workflow: &str, input: serde_json::Value, now: DateTime<Utc>) -> NewR
         available_at: now,
         parent_id: None,
         idempotency_key: None,
+        idempotency_cutoff: None,
         deadline_at: None,
         retry_policy: None,
     }
@@ -469,6 +470,69 @@ async fn a_batch_of_starts_keeps_every_rule_of_single_starts(store: Arc<dyn Stor
         vec![json!("plain"), json!("plain"), json!(1), json!(2)],
         "every new run is due, and no other"
     );
+}
+
+/// An idempotency key answers with its run until its retention window passes; then a start
+/// with the key starts a new run, which holds the key from then on. A child run's key never
+/// expires: a parent's replay must not start a second child.
+async fn an_idempotency_key_expires_after_its_window_except_for_child_runs(store: Arc<dyn Store>) {
+    let t0 = Utc::now();
+    let later = t0 + chrono::Duration::hours(25);
+    let keyed = |key: &str, cutoff: Option<DateTime<Utc>>| NewRun {
+        idempotency_key: Some(key.to_owned()),
+        idempotency_cutoff: cutoff,
+        ..new_run("greet", json!("same input"), t0)
+    };
+    let first = store
+        .create_run(&keyed("daily-report", None), t0)
+        .await
+        .expect("first start");
+    let within = store
+        .create_run(
+            &keyed("daily-report", Some(t0 - chrono::Duration::hours(1))),
+            t0,
+        )
+        .await
+        .expect("start within the window");
+    assert_eq!((within.id, within.existing), (first.id, true));
+
+    // A day later the window (24 h) has passed: a new run takes the key.
+    let cutoff = Some(later - chrono::Duration::hours(24));
+    let second = store
+        .create_run(&keyed("daily-report", cutoff), later)
+        .await
+        .expect("start after the window");
+    assert!(!second.existing && second.id != first.id, "a new run");
+    let again = store
+        .create_run(&keyed("daily-report", cutoff), later)
+        .await
+        .expect("start again");
+    assert_eq!(
+        (again.id, again.existing),
+        (second.id, true),
+        "the new run holds the key"
+    );
+    assert!(
+        store.get_run(first.id).await.is_ok(),
+        "the old run is kept, only its key was released"
+    );
+
+    // A child run's key is kept however old it is.
+    let parent = store
+        .create_run(&new_run("greet", json!("parent"), t0), t0)
+        .await
+        .expect("parent")
+        .id;
+    let child = |cutoff| NewRun {
+        parent_id: Some(parent),
+        ..keyed("parent/child:greet", cutoff)
+    };
+    let started = store.create_run(&child(None), t0).await.expect("child");
+    let replayed = store
+        .create_run(&child(cutoff), later)
+        .await
+        .expect("the child start replayed a day later");
+    assert_eq!((replayed.id, replayed.existing), (started.id, true));
 }
 
 async fn reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_nothing(
@@ -1377,6 +1441,7 @@ conformance!(
     a_batch_of_step_reports_keeps_every_rule_of_single_reports,
     a_batch_of_completions_keeps_every_rule_of_single_completions,
     a_batch_of_starts_keeps_every_rule_of_single_starts,
+    an_idempotency_key_expires_after_its_window_except_for_child_runs,
     reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_nothing,
     a_failed_run_is_retried_with_backoff_then_fails,
     a_non_retryable_failure_ends_the_run_at_once,

@@ -430,7 +430,8 @@ impl StartWorkflow {
     }
 
     /// Make the start idempotent: a start with a key that an earlier start used returns that
-    /// run instead of creating one (an [`Error::Api`] 409 if its workflow or input differ).
+    /// run instead of creating one (an [`Error::Api`] 409 if its workflow or input differ),
+    /// for the server's idempotency window (24 hours by default) after that run was created.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.options.idempotency_key = Some(key.into());
         self

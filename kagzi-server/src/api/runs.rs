@@ -76,7 +76,9 @@ pub(crate) struct StartRun {
     #[schema(default = 0, maximum = 315360000000_u64, example = 0)]
     delay_ms: u64,
     /// A start with a key that an earlier start used returns that run (200) instead of
-    /// creating one; with a different workflow or input it is a 409.
+    /// creating one; with a different workflow or input it is a 409. A key is kept for the
+    /// server's idempotency window (`KAGZI_IDEMPOTENCY_WINDOW_MS`, default 24 hours) after
+    /// the run it started was created; a child run's key for good.
     #[serde(default)]
     #[schema(min_length = 1, max_length = 255, example = "order-7")]
     idempotency_key: Option<String>,
@@ -200,6 +202,9 @@ async fn start(
         available_at: after(req.delay_ms),
         parent_id: req.parent_id,
         idempotency_key: req.idempotency_key,
+        idempotency_cutoff: now.checked_sub_signed(chrono::Duration::milliseconds(
+            i64::try_from(state.config.idempotency_window_ms).unwrap_or(i64::MAX),
+        )),
         deadline_at: req.timeout_ms.map(after),
         retry_policy: req.retry_policy,
     };

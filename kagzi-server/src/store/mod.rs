@@ -555,6 +555,9 @@ pub struct NewRun {
     pub parent_id: Option<RunId>,
     /// Makes the start idempotent: a second start with the same key returns the first run.
     pub idempotency_key: Option<String>,
+    /// A run without a parent that took the key before this time no longer holds it: the
+    /// start releases the key from it and starts a new run. `None`: keys are kept for good.
+    pub idempotency_cutoff: Option<DateTime<Utc>>,
     /// When the run times out.
     pub deadline_at: Option<DateTime<Utc>>,
     /// How a failed run is retried (overrides `retries`).

@@ -184,45 +184,65 @@ impl Store for PgStore {
     }
 
     async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<Created> {
-        let id = RunId::new();
-        let inserted: Option<(RunId,)> = sqlx::query_as(
-            r"with inserted as (
-                  insert into kagzi.runs
-                      (id, workflow, queue, status, input, retries, available_at, created_at,
-                       updated_at, parent_id, idempotency_key, deadline_at, retry_policy)
-                  values ($1, $2, $3, 'pending', $4, $5, $6, $7, $7, $9, $10, $11, $12)
-                  on conflict (idempotency_key) where idempotency_key is not null do nothing
-                  returning id, queue
-              )
-              select id from inserted, pg_notify($8, queue)",
-        )
-        .bind(id)
-        .bind(&new.workflow)
-        .bind(&new.queue)
-        .bind(Json(&new.input))
-        .bind(to_i32(new.retries))
-        .bind(new.available_at.max(now))
-        .bind(now)
-        .bind(QUEUE_CHANNEL)
-        .bind(new.parent_id)
-        .bind(new.idempotency_key.as_deref())
-        .bind(new.deadline_at)
-        .bind(new.retry_policy.as_ref().map(Json))
-        .fetch_optional(&self.pool)
-        .await?;
-        if inserted.is_some() {
-            return Ok(Created {
-                id,
-                existing: false,
-            });
+        // At most twice: the second try follows the release of an expired key.
+        for _ in 0..2 {
+            let id = RunId::new();
+            let inserted: Option<(RunId,)> = sqlx::query_as(
+                r"with inserted as (
+                      insert into kagzi.runs
+                          (id, workflow, queue, status, input, retries, available_at, created_at,
+                           updated_at, parent_id, idempotency_key, deadline_at, retry_policy)
+                      values ($1, $2, $3, 'pending', $4, $5, $6, $7, $7, $9, $10, $11, $12)
+                      on conflict (idempotency_key) where idempotency_key is not null do nothing
+                      returning id, queue
+                  )
+                  select id from inserted, pg_notify($8, queue)",
+            )
+            .bind(id)
+            .bind(&new.workflow)
+            .bind(&new.queue)
+            .bind(Json(&new.input))
+            .bind(to_i32(new.retries))
+            .bind(new.available_at.max(now))
+            .bind(now)
+            .bind(QUEUE_CHANNEL)
+            .bind(new.parent_id)
+            .bind(new.idempotency_key.as_deref())
+            .bind(new.deadline_at)
+            .bind(new.retry_policy.as_ref().map(Json))
+            .fetch_optional(&self.pool)
+            .await?;
+            if inserted.is_some() {
+                return Ok(Created {
+                    id,
+                    existing: false,
+                });
+            }
+            let key = new.idempotency_key.as_deref().unwrap_or_default();
+            let holder: Option<KeyHolder> = sqlx::query_as(
+                r"select id, workflow, input, created_at, parent_id from kagzi.runs
+                  where idempotency_key = $1",
+            )
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+            // Gone between the two statements (released by a concurrent start): try again.
+            let Some(holder) = holder else { continue };
+            if !holder.expired(new) {
+                return super::same_start(key, holder.id, (&holder.workflow, &holder.input.0), new);
+            }
+            sqlx::query(
+                "update kagzi.runs set idempotency_key = null where id = $1 and idempotency_key = $2",
+            )
+            .bind(holder.id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
         }
-        let key = new.idempotency_key.as_deref().unwrap_or_default();
-        let (existing, workflow, Json(input)): (RunId, String, Json<Value>) =
-            sqlx::query_as("select id, workflow, input from kagzi.runs where idempotency_key = $1")
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await?;
-        super::same_start(key, existing, (&workflow, &input), new)
+        Err(Error::Conflict(format!(
+            "idempotency key {:?} is being taken by concurrent starts; try again",
+            new.idempotency_key.as_deref().unwrap_or_default()
+        )))
     }
 
     async fn create_runs(&self, runs: &[NewRun], now: DateTime<Utc>) -> Vec<Result<Created>> {
@@ -1476,6 +1496,26 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(inserted)
+    }
+}
+
+/// The run holding an idempotency key.
+#[derive(sqlx::FromRow)]
+struct KeyHolder {
+    id: RunId,
+    workflow: String,
+    input: Json<Value>,
+    created_at: DateTime<Utc>,
+    parent_id: Option<RunId>,
+}
+
+impl KeyHolder {
+    /// Whether the key's retention window has passed (never for a child run's key).
+    fn expired(&self, new: &NewRun) -> bool {
+        self.parent_id.is_none()
+            && new
+                .idempotency_cutoff
+                .is_some_and(|cutoff| self.created_at < cutoff)
     }
 }
 

@@ -1194,40 +1194,64 @@ async fn insert_run(
     new: &NewRun,
     now: DateTime<Utc>,
 ) -> Result<Created> {
-    let id = RunId::new();
-    let inserted = sqlx::query(
-        r"insert into runs
-              (id, workflow, queue, status, input, retries, available_at, created_at, updated_at,
-               parent_id, idempotency_key, deadline_at, retry_policy)
-          values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)
-          on conflict (idempotency_key) where idempotency_key is not null do nothing",
-    )
-    .bind(id)
-    .bind(&new.workflow)
-    .bind(&new.queue)
-    .bind(Json(&new.input))
-    .bind(i64::from(new.retries))
-    .bind(new.available_at.max(now))
-    .bind(now)
-    .bind(new.parent_id)
-    .bind(new.idempotency_key.as_deref())
-    .bind(new.deadline_at)
-    .bind(new.retry_policy.as_ref().map(Json))
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(Created {
-            id,
-            existing: false,
-        });
-    }
-    let key = new.idempotency_key.as_deref().unwrap_or_default();
-    let (existing, workflow, Json(input)): (RunId, String, Json<Value>) =
-        sqlx::query_as("select id, workflow, input from runs where idempotency_key = ?1")
-            .bind(key)
-            .fetch_one(&mut *conn)
+    // At most twice: the second try follows the release of an expired key.
+    for _ in 0..2 {
+        let id = RunId::new();
+        let inserted = sqlx::query(
+            r"insert into runs
+                  (id, workflow, queue, status, input, retries, available_at, created_at, updated_at,
+                   parent_id, idempotency_key, deadline_at, retry_policy)
+              values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)
+              on conflict (idempotency_key) where idempotency_key is not null do nothing",
+        )
+        .bind(id)
+        .bind(&new.workflow)
+        .bind(&new.queue)
+        .bind(Json(&new.input))
+        .bind(i64::from(new.retries))
+        .bind(new.available_at.max(now))
+        .bind(now)
+        .bind(new.parent_id)
+        .bind(new.idempotency_key.as_deref())
+        .bind(new.deadline_at)
+        .bind(new.retry_policy.as_ref().map(Json))
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Created {
+                id,
+                existing: false,
+            });
+        }
+        let key = new.idempotency_key.as_deref().unwrap_or_default();
+        let (existing, workflow, Json(input), created_at, parent_id): (
+            RunId,
+            String,
+            Json<Value>,
+            DateTime<Utc>,
+            Option<RunId>,
+        ) = sqlx::query_as(
+            "select id, workflow, input, created_at, parent_id from runs where idempotency_key = ?1",
+        )
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?;
+        let expired = parent_id.is_none()
+            && new
+                .idempotency_cutoff
+                .is_some_and(|cutoff| created_at < cutoff);
+        if !expired {
+            return super::same_start(key, existing, (&workflow, &input), new);
+        }
+        sqlx::query("update runs set idempotency_key = null where id = ?1")
+            .bind(existing)
+            .execute(&mut *conn)
             .await?;
-    super::same_start(key, existing, (&workflow, &input), new)
+    }
+    Err(Error::Conflict(format!(
+        "idempotency key {:?} could not be taken; try again",
+        new.idempotency_key.as_deref().unwrap_or_default()
+    )))
 }
 
 /// Records a step outcome under the run's lease on `conn` (first write wins).
