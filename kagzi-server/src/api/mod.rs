@@ -146,3 +146,18 @@ async fn problem_for_bare_errors(response: Response<Body>) -> Response<Body> {
     }
     fresh
 }
+
+/// Cuts a listing fetched with `limit + 1` rows down to `limit` and returns the next page's
+/// cursor (the last row kept), or `None` when this is the last page.
+pub(crate) fn next_page<T, C>(
+    rows: &mut Vec<T>,
+    limit: u32,
+    cursor: impl Fn(&T) -> C,
+) -> Option<C> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(cursor)
+}

@@ -296,12 +296,7 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
         limit: limit + 1,
     };
     let mut runs = state.store.list_runs(&filter).await?;
-    let next_cursor = if runs.len() > limit as usize {
-        runs.truncate(limit as usize);
-        runs.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let next_cursor = super::next_page(&mut runs, limit, |r| r.id);
     Ok(Json(RunPage { runs, next_cursor }))
 }
 

@@ -304,12 +304,7 @@ async fn list(
         limit: limit + 1,
     };
     let mut schedules = state.store.list_schedules(&filter).await?;
-    let next_cursor = if schedules.len() > limit as usize {
-        schedules.truncate(limit as usize);
-        schedules.last().map(|s| s.id)
-    } else {
-        None
-    };
+    let next_cursor = super::next_page(&mut schedules, limit, |s| s.id);
     Ok(Json(SchedulePage {
         schedules,
         next_cursor,
@@ -537,11 +532,6 @@ async fn runs(
         ..RunFilter::default()
     };
     let mut runs = state.store.list_runs(&filter).await?;
-    let next_cursor = if runs.len() > limit as usize {
-        runs.truncate(limit as usize);
-        runs.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let next_cursor = super::next_page(&mut runs, limit, |r| r.id);
     Ok(Json(RunPage { runs, next_cursor }))
 }
