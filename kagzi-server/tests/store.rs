@@ -375,6 +375,7 @@ async fn a_batch_of_completions_keeps_every_rule_of_single_completions(store: Ar
         run: id,
         lease_token: lease(id),
         output,
+        steps: Vec::new(),
     };
     let batch = vec![
         complete(ids[0], json!("child")),
@@ -533,6 +534,101 @@ async fn an_idempotency_key_expires_after_its_window_except_for_child_runs(store
         .await
         .expect("the child start replayed a day later");
     assert_eq!((replayed.id, replayed.existing), (started.id, true));
+}
+
+/// A completion may carry steps not reported yet: they are recorded (first write wins)
+/// before the run completes; under a lost lease neither happens.
+async fn a_completion_records_the_steps_it_carries_first(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let w = worker(&*store, &["greet"]).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            store
+                .create_run(&new_run("greet", json!(i), now), now)
+                .await
+                .expect("create")
+                .id,
+        );
+    }
+    let tasks = store.claim(&w, 3, now + LEASE, now).await.expect("claim");
+    let lease = |id| {
+        tasks
+            .iter()
+            .find(|t| t.run_id == id)
+            .expect("claimed")
+            .lease_token
+    };
+    store
+        .record_step(
+            ids[1],
+            lease(ids[1]),
+            &completed("charge", 0, json!("first")),
+            now,
+        )
+        .await
+        .expect("an earlier report");
+    store.cancel_run(ids[2], now).await.expect("cancel");
+    let carrying = |id, steps| Completion {
+        run: id,
+        lease_token: lease(id),
+        output: json!("out"),
+        steps,
+    };
+    let batch = [
+        carrying(
+            ids[0],
+            vec![completed("a", 0, json!(1)), completed("b", 1, json!(2))],
+        ),
+        carrying(ids[1], vec![completed("charge", 0, json!("second"))]),
+        carrying(ids[2], vec![completed("zombie", 0, json!(0))]),
+    ];
+    for results in [
+        store.complete_runs(&batch[..1], now).await,
+        store.complete_runs(&batch[1..], now).await,
+    ] {
+        assert!(!results.is_empty());
+    }
+    let steps = |id| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .list_steps(id)
+                .await
+                .expect("steps")
+                .into_iter()
+                .map(|s| (s.key, s.output))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        store.get_run(ids[0]).await.expect("run").status,
+        RunStatus::Completed
+    );
+    assert_eq!(
+        steps(ids[0]).await,
+        vec![
+            ("a".to_owned(), Some(json!(1))),
+            ("b".to_owned(), Some(json!(2)))
+        ]
+    );
+    assert_eq!(
+        store.get_run(ids[1]).await.expect("run").status,
+        RunStatus::Completed
+    );
+    assert_eq!(
+        steps(ids[1]).await,
+        vec![("charge".to_owned(), Some(json!("first")))],
+        "the first write wins"
+    );
+    assert_eq!(
+        store.get_run(ids[2]).await.expect("run").status,
+        RunStatus::Cancelled
+    );
+    assert!(
+        steps(ids[2]).await.is_empty(),
+        "nothing written under a lost lease"
+    );
 }
 
 async fn reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_nothing(
@@ -1266,11 +1362,13 @@ async fn a_child_ending_while_its_parent_suspends_always_wakes_it(store: Arc<dyn
                 run: child,
                 lease_token: lease(child),
                 output: json!("done"),
+                steps: Vec::new(),
             },
             Completion {
                 run: other,
                 lease_token: lease(other),
                 output: json!("other"),
+                steps: Vec::new(),
             },
         ];
         let wait = Suspend {
@@ -1441,6 +1539,7 @@ conformance!(
     a_batch_of_step_reports_keeps_every_rule_of_single_reports,
     a_batch_of_completions_keeps_every_rule_of_single_completions,
     a_batch_of_starts_keeps_every_rule_of_single_starts,
+    a_completion_records_the_steps_it_carries_first,
     an_idempotency_key_expires_after_its_window_except_for_child_runs,
     reports_under_an_expired_or_reclaimed_lease_are_refused_and_change_nothing,
     a_failed_run_is_retried_with_backoff_then_fails,

@@ -55,7 +55,26 @@ pub(crate) struct Inner {
     /// Notified once the run suspended (the server has let go of it): the worker then drops
     /// the workflow future.
     pub(crate) suspended: tokio::sync::Notify,
+    /// Completed steps whose reports wait for the workflow's next durable call, for it to
+    /// stop running synchronously, or for its completion (which then carries them).
+    deferred: Mutex<Vec<DeferredStep>>,
+    /// Held while deferred reports are being sent, so that whoever flushes next waits for
+    /// them to be recorded.
+    flushing: tokio::sync::Mutex<()>,
 }
+
+/// A completed step whose report is deferred; see [`Inner::defer_success`].
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct DeferredStep {
+    key: String,
+    position: u32,
+    output: Value,
+    attempts: u32,
+}
+
+/// The largest step result whose report may be deferred; larger ones are reported at once
+/// (so that a result over the server's payload limit fails the step, not the completion).
+const MAX_DEFERRED_BYTES: usize = 16 * 1024;
 
 /// Assigns step keys and positions in call order.
 #[derive(Default)]
@@ -81,6 +100,10 @@ enum Poison {
     },
     /// The server refused a report: this worker no longer holds the run.
     LeaseLost,
+    /// A deferred step result is over the server's payload limit.
+    ResultTooLarge { key: String, detail: String },
+    /// A deferred step report could not be delivered.
+    Unreported(String),
 }
 
 impl Poison {
@@ -96,6 +119,11 @@ impl Poison {
                 requested: requested.clone(),
             },
             Poison::LeaseLost => Error::LeaseLost { run_id },
+            Poison::ResultTooLarge { key, detail } => Error::StepResultTooLarge {
+                key: key.clone(),
+                detail: detail.clone(),
+            },
+            Poison::Unreported(message) => Error::Unreported(message.clone()),
         }
     }
 }
@@ -165,6 +193,8 @@ impl WorkflowContext {
                 steps: Mutex::new(StepCounter::default()),
                 http,
                 suspended: tokio::sync::Notify::new(),
+                deferred: Mutex::new(Vec::new()),
+                flushing: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -192,8 +222,12 @@ impl WorkflowContext {
     /// steps get them in call order. If the run's journal already holds a result for the key
     /// (the run is being replayed after a crash or retry), that result is returned and `fut`
     /// is dropped without being polled. Otherwise `fut` runs and its result is recorded on the
-    /// server before `run` returns; the value returned is the one the server recorded (the
-    /// first report for a key wins).
+    /// server before anything durable follows: before the next step starts, before a sleep,
+    /// signal wait or child start, as soon as the workflow awaits anything else, and at the
+    /// latest with the run's completion (a last step followed only by `return` rides with
+    /// the completion, saving a round trip). A small result is returned at once; under the
+    /// run's lease no other report for the key can win. A result over 16 KiB is recorded
+    /// before `run` returns.
     ///
     /// **Guarantee:** the step's side effects run *at least once* — a crash after the side
     /// effect but before the report re-runs it on the next attempt, so make them idempotent —
@@ -296,6 +330,8 @@ impl WorkflowContext {
                 Plan::Reject(error) => Err(StepFailure::Kagzi(error)),
                 Plan::Execute => {
                     inner.mark_diverged();
+                    // Every earlier step is recorded before this one's side effects start.
+                    inner.flush().await.map_err(StepFailure::Kagzi)?;
                     let max_attempts = policy.max_attempts.max(1);
                     let mut attempts = 0;
                     let mut last = None;
@@ -312,7 +348,7 @@ impl WorkflowContext {
                         match outcome {
                             Ok(value) => {
                                 return inner
-                                    .record_success(key, position, value, attempts)
+                                    .defer_success(key, position, value, attempts)
                                     .await
                                     .map_err(StepFailure::Kagzi);
                             }
@@ -441,6 +477,7 @@ impl Inner {
         let Some(http) = &self.http else {
             return Ok(value);
         };
+        self.flush().await?;
         let report = StepReport {
             lease_token: self.lease_token,
             key: &key,
@@ -487,6 +524,7 @@ impl Inner {
         let Some(http) = &self.http else {
             return Ok(());
         };
+        self.flush().await?;
         let report = StepReport {
             lease_token: self.lease_token,
             key,
@@ -507,6 +545,147 @@ impl Inner {
                 Ok(())
             }
         }
+    }
+
+    /// Record a step's value like [`record_success`](Self::record_success), but let the
+    /// report wait (a small value only) until the workflow's next durable call, until the
+    /// workflow stops running synchronously, or until it completes: the completion then
+    /// carries it, and a workflow whose last step is followed only by `return` saves a round
+    /// trip. The value is returned at once: under a held lease no other report for this key
+    /// can win.
+    pub(crate) async fn defer_success<T>(
+        &self,
+        key: String,
+        position: u32,
+        value: T,
+        attempts: u32,
+    ) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        if self.http.is_none() {
+            return Ok(value);
+        }
+        let output = serde_json::to_value(&value)?;
+        if serde_json::to_vec(&output).map_or(usize::MAX, |b| b.len()) > MAX_DEFERRED_BYTES {
+            return self.record_success(key, position, value, attempts).await;
+        }
+        debug!(run_id = %self.run_id, key, attempts, "step completed; its report is deferred");
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(DeferredStep {
+                key,
+                position,
+                output,
+                attempts,
+            });
+        Ok(value)
+    }
+
+    /// Send the deferred step reports and wait until they are recorded (or until reports
+    /// already being sent are). A failure poisons the attempt: the run is not completed.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let _flushing = self.flushing.lock().await;
+        let pending = self.take_deferred_now();
+        if pending.is_empty() {
+            return self.poisoned_error().map_or(Ok(()), Err);
+        }
+        let Some(http) = &self.http else {
+            return Ok(());
+        };
+        let sent = futures::future::join_all(pending.iter().map(|step| {
+            let report = StepReport {
+                lease_token: self.lease_token,
+                key: &step.key,
+                position: step.position,
+                status: StepStatus::Completed,
+                output: Some(&step.output),
+                error: None,
+                attempts: step.attempts,
+            };
+            async move { self.report(http, &report).await }
+        }))
+        .await;
+        for (step, result) in pending.iter().zip(sent) {
+            match result {
+                Ok(_) => {}
+                Err(Error::PayloadTooLarge { detail }) => {
+                    let error = Error::StepResultTooLarge {
+                        key: step.key.clone(),
+                        detail: detail.clone(),
+                    };
+                    // Best effort: the journal says why; the run fails for good either way.
+                    let failed = StepReport {
+                        lease_token: self.lease_token,
+                        key: &step.key,
+                        position: step.position,
+                        status: StepStatus::Failed,
+                        output: None,
+                        error: Some(&error.to_string()),
+                        attempts: step.attempts,
+                    };
+                    let _ = self.report(http, &failed).await;
+                    self.poison(Poison::ResultTooLarge {
+                        key: step.key.clone(),
+                        detail,
+                    });
+                }
+                Err(lost @ Error::LeaseLost { .. }) => self.note(&lost),
+                Err(e) => self.poison(Poison::Unreported(format!(
+                    "the result of step {} could not be recorded: {e}",
+                    step.key
+                ))),
+            }
+        }
+        debug!(run_id = %self.run_id, reports = pending.len(), "deferred step reports recorded");
+        self.poisoned_error().map_or(Ok(()), Err)
+    }
+
+    /// Whether reports are deferred now.
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self
+            .deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Take the deferred reports for the completion to carry, once any flush in progress
+    /// has finished; the returned guard keeps later flushes waiting until it is dropped.
+    pub(crate) async fn take_for_completion(
+        &self,
+    ) -> (tokio::sync::MutexGuard<'_, ()>, Vec<DeferredStep>) {
+        let guard = self.flushing.lock().await;
+        (guard, self.take_deferred_now())
+    }
+
+    /// Put reports back to be sent by the next flush (a completion that carried them was
+    /// refused without recording anything).
+    pub(crate) fn requeue(&self, mut steps: Vec<DeferredStep>) {
+        let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+        steps.append(&mut deferred);
+        *deferred = steps;
+    }
+
+    fn take_deferred_now(&self) -> Vec<DeferredStep> {
+        std::mem::take(&mut *self.deferred.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn poison(&self, poison: Poison) {
+        let mut steps = self.steps.lock().unwrap_or_else(PoisonError::into_inner);
+        if steps.poison.is_none() {
+            steps.poison = Some(poison);
+        }
+    }
+
+    fn poisoned_error(&self) -> Option<Error> {
+        self.steps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .poison
+            .as_ref()
+            .map(|poison| poison.to_error(self.run_id))
     }
 
     async fn report(&self, http: &Http, report: &StepReport<'_>) -> Result<Step> {

@@ -110,4 +110,10 @@ pub enum Error {
     /// Invalid configuration (bad URL, zero concurrency, no workflows registered, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// A step's result, reported after the workflow had moved on (see
+    /// [`WorkflowContext::run`](crate::WorkflowContext::run)), could not be recorded; the run
+    /// is not completed, and its next attempt runs the step again.
+    #[error("{0}")]
+    Unreported(String),
 }

@@ -152,6 +152,7 @@ impl WorkflowContext {
                     let Some(http) = &inner.http else {
                         return Err(Error::Config("child runs need a worker".to_owned()));
                     };
+                    inner.flush().await?;
                     let body = StartChild {
                         workflow: &workflow,
                         queue: &queue,
@@ -289,6 +290,7 @@ impl WorkflowContext {
                     let Some(http) = &inner.http else {
                         return Err(Error::Config("signals need a worker".to_owned()));
                     };
+                    inner.flush().await?;
                     let run = inner.run_id.to_string();
                     let body = ReceiveRequest {
                         lease_token: inner.lease_token,
@@ -336,6 +338,7 @@ impl Inner {
         let Some(http) = &self.http else {
             return Err(Error::Config("suspending needs a worker".to_owned()));
         };
+        self.flush().await?;
         let run = self.run_id.to_string();
         let body = SuspendRequest {
             lease_token: self.lease_token,

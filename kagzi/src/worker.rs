@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, instrument, warn};
 use uuid::Uuid;
 
-use crate::context::{JournalEntry, WorkflowContext};
+use crate::context::{DeferredStep, JournalEntry, WorkflowContext};
 use crate::error::{Error, Result};
 use crate::http::{ApiKey, Call, Http, Retry, WORKER_RETRY_BUDGET};
 use crate::types::RunId;
@@ -485,11 +485,14 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
         journal,
     } = task;
     debug!("run started");
-    let outcome = match handler {
-        None => Err((
-            format!("workflow {workflow:?} is not registered on this worker"),
-            true,
-        )),
+    let (outcome, observer) = match handler {
+        None => (
+            Err((
+                format!("workflow {workflow:?} is not registered on this worker"),
+                true,
+            )),
+            None,
+        ),
         Some(handler) => {
             let ctx = WorkflowContext::new(
                 run_id,
@@ -505,14 +508,34 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
             // server wakes it when its wait is over.
             let observer = ctx.clone();
             let body = ctx.clone().scope(async move { handler(ctx, input).await });
+            let mut body = std::pin::pin!(AssertUnwindSafe(body).catch_unwind());
+            // A step's report may wait while the workflow runs on synchronously (so that a
+            // last step rides with the completion), but not once the workflow waits for
+            // anything: then it is sent at once.
+            let inner = Arc::clone(&observer.inner);
+            let driven = std::future::poll_fn(|cx| {
+                let polled = body.as_mut().poll(cx);
+                if polled.is_pending() && inner.has_deferred() {
+                    let inner = Arc::clone(&inner);
+                    tokio::spawn(async move {
+                        // A failure poisons the attempt, which the outcome below reads.
+                        let _ = inner.flush().await;
+                    });
+                }
+                polled
+            });
             let result = tokio::select! {
-                result = AssertUnwindSafe(body).catch_unwind() => result,
+                result = driven => result,
                 () = observer.inner.suspended.notified() => {
                     debug!("run suspended; the server wakes it when its wait is over");
                     return;
                 }
             };
-            match (result, observer.poisoned()) {
+            if !matches!(result, Ok(Ok(_))) {
+                // A failing run reports its finished steps first (a failure here poisons).
+                let _ = observer.inner.flush().await;
+            }
+            let outcome = match (result, observer.poisoned()) {
                 (_, Some(Error::LeaseLost { .. })) => {
                     info!("lease lost; dropping the run");
                     return;
@@ -520,6 +543,13 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
                 // Even if the workflow swallowed the step's error, a replay that diverged
                 // from the journal must not complete, and retrying cannot help.
                 (_, Some(error @ Error::NonDeterminism { .. })) => Err((error.to_string(), false)),
+                (_, Some(error @ Error::StepResultTooLarge { .. })) => {
+                    Err((error.to_string(), false))
+                }
+                (_, Some(error @ Error::Unreported(_))) => {
+                    error!(%error, "dropping the run; its lease will expire and it will be retried");
+                    return;
+                }
                 (Ok(Ok(output)), _) => Ok(output),
                 (Ok(Err(e)), _) => {
                     let kagzi_error = e.chain().find_map(|cause| cause.downcast_ref::<Error>());
@@ -547,18 +577,59 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
                         .unwrap_or_else(|| "unknown panic".to_owned());
                     Err((format!("workflow panicked: {message}"), true))
                 }
-            }
+            };
+            (outcome, Some(observer))
         }
     };
     let mut outcome = outcome;
-    let mut reported = report_outcome(shared, run_id, lease_token, &outcome).await;
+    let mut reported = match (&outcome, &observer) {
+        (Ok(_), Some(observer)) => {
+            // The completion carries the reports still deferred; later flushes wait for it.
+            let (flushing, steps) = observer.inner.take_for_completion().await;
+            let mut reported = match unfinished(observer) {
+                Some(end) => end,
+                None => report_outcome(shared, run_id, lease_token, &outcome, &steps).await,
+            };
+            if matches!(reported, Err(Error::PayloadTooLarge { .. })) && !steps.is_empty() {
+                // Refused whole, nothing recorded: report the steps on their own (a result
+                // over the limit fails its step), then complete without them.
+                observer.inner.requeue(steps);
+                drop(flushing);
+                let _ = observer.inner.flush().await;
+                reported = match unfinished(observer) {
+                    Some(end) => end,
+                    None => report_outcome(shared, run_id, lease_token, &outcome, &[]).await,
+                };
+            }
+            reported
+        }
+        // A failed run is reported below.
+        _ => Err(Error::Timeout),
+    };
+    // Poisoned while completing: end as the poison says.
+    if let (Some(observer), Ok(_)) = (&observer, &outcome) {
+        match observer.poisoned() {
+            Some(error @ Error::StepResultTooLarge { .. }) => {
+                outcome = Err((error.to_string(), false));
+                reported = Err(Error::Timeout);
+            }
+            Some(error) if reported.is_err() => {
+                info!(%error, "dropping the run; its lease will expire and it will be retried");
+                return;
+            }
+            _ => {}
+        }
+    }
+    if outcome.is_err() {
+        reported = report_outcome(shared, run_id, lease_token, &outcome, &[]).await;
+    }
     if let (Err(Error::PayloadTooLarge { detail }), Ok(_)) = (&reported, &outcome) {
         // The output can never be recorded: fail the run for good, saying why.
         outcome = Err((
             format!("the workflow's output is over the server's payload limit: {detail}"),
             false,
         ));
-        reported = report_outcome(shared, run_id, lease_token, &outcome).await;
+        reported = report_outcome(shared, run_id, lease_token, &outcome, &[]).await;
     }
     match (reported, &outcome) {
         (Ok(_), Ok(_)) => debug!("run completed"),
@@ -572,6 +643,12 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
     }
 }
 
+/// A completion must not be sent once a deferred step report failed: `Some` (an error that
+/// stands in for the refused completion) when the attempt is poisoned.
+fn unfinished(observer: &WorkflowContext) -> Option<Result<IgnoredAny>> {
+    observer.poisoned().map(Err)
+}
+
 /// The longest error message a failed run reports; longer ones are cut (on a character
 /// boundary) so the report fits any sensible payload limit.
 const MAX_ERROR_LEN: usize = 64 * 1024;
@@ -582,6 +659,7 @@ async fn report_outcome(
     run_id: RunId,
     lease_token: Uuid,
     outcome: &std::result::Result<Value, (String, bool)>,
+    steps: &[DeferredStep],
 ) -> Result<IgnoredAny> {
     let run = run_id.to_string();
     let call = match outcome {
@@ -590,6 +668,7 @@ async fn report_outcome(
             &CompleteRequest {
                 lease_token,
                 output,
+                steps,
             },
         )?,
         Err((error, retryable)) => {
@@ -856,6 +935,8 @@ struct Task {
 struct CompleteRequest<'a> {
     lease_token: Uuid,
     output: &'a Value,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    steps: &'a [DeferredStep],
 }
 
 /// Body of `POST /v1/runs/{id}/fail`.

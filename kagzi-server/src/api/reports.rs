@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::{Problem, Result};
+use super::error::{ApiError, Problem, Result};
 use super::extract::{Json, Path, check_payload, whole};
 use crate::model::{Run, RunId, Step, StepStatus};
 use crate::state::AppState;
@@ -121,7 +121,41 @@ pub(crate) struct CompleteBody {
     /// The workflow's output (default `null`).
     #[serde(default)]
     output: Value,
+    /// Completed steps not reported yet (typically the last one, which finished just before
+    /// the workflow returned): recorded, first write wins, before the run completes.
+    #[serde(default)]
+    #[schema(max_items = 128)]
+    steps: Vec<CompletedStep>,
 }
+
+/// A completed step reported with the run's completion.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"key": "greet", "position": 0, "output": "Hello, World!"}))]
+pub(crate) struct CompletedStep {
+    /// The step key.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+        example = "greet"
+    )]
+    key: String,
+    /// The step's 0-based position in the run.
+    #[serde(deserialize_with = "whole::u31")]
+    #[schema(maximum = 2147483647, example = 0)]
+    position: u32,
+    /// The step's result (default `null`).
+    #[serde(default)]
+    output: Value,
+    /// How many attempts the step took (default 1).
+    #[serde(default = "one", deserialize_with = "whole::u31")]
+    #[schema(default = 1, maximum = 2147483647, example = 1)]
+    attempts: u32,
+}
+
+/// The most steps one completion may carry.
+const MAX_COMPLETED_STEPS: usize = 128;
 
 /// Completes the run with the workflow's output.
 #[utoipa::path(
@@ -141,11 +175,39 @@ pub(crate) async fn complete(
     Path(id): Path<Uuid>,
     Json(body): Json<CompleteBody>,
 ) -> Result<Json<Run>> {
-    let bytes = check_payload("output", &body.output, state.config.max_payload_bytes)?;
+    let limit = state.config.max_payload_bytes;
+    let bytes = check_payload("output", &body.output, limit)?;
+    if body.steps.len() > MAX_COMPLETED_STEPS {
+        return Err(ApiError::InvalidBody(format!(
+            "steps may hold at most {MAX_COMPLETED_STEPS} steps, not {}",
+            body.steps.len()
+        )));
+    }
+    let mut bytes = bytes;
+    let mut steps = Vec::with_capacity(body.steps.len());
+    for step in body.steps {
+        super::runs::check_name("key", &step.key)?;
+        bytes += check_payload(
+            &format!("the output of step {}", step.key),
+            &step.output,
+            limit,
+        )?;
+        steps.push(StepReport {
+            key: step.key,
+            position: step.position,
+            status: StepStatus::Completed,
+            output: Some(step.output),
+            error: None,
+            attempts: step.attempts,
+        });
+    }
+    // The carried steps are recorded (first write wins) before the run completes, in the
+    // same batch.
     let completion = Completion {
         run: RunId(id),
         lease_token: body.lease_token,
         output: body.output,
+        steps,
     };
     let run = state.reports.completions.submit(completion, bytes).await?;
     Ok(Json(run))

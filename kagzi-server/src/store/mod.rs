@@ -191,10 +191,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> Vec<Result<Run>> {
         let mut results = Vec::with_capacity(completions.len());
         for c in completions {
-            results.push(
-                self.complete_run(c.run, c.lease_token, &c.output, now)
-                    .await,
-            );
+            results.push(complete_with_steps(self, c, now).await);
         }
         results
     }
@@ -605,6 +602,23 @@ pub struct StepWrite {
     pub report: StepReport,
 }
 
+/// Records the steps a completion carries, then completes the run, one by one.
+///
+/// # Errors
+/// As [`Store::record_step`] and [`Store::complete_run`].
+pub async fn complete_with_steps<S: Store + ?Sized>(
+    store: &S,
+    c: &Completion,
+    now: DateTime<Utc>,
+) -> Result<Run> {
+    for step in &c.steps {
+        store.record_step(c.run, c.lease_token, step, now).await?;
+    }
+    store
+        .complete_run(c.run, c.lease_token, &c.output, now)
+        .await
+}
+
 /// One completion of a batch for [`Store::complete_runs`].
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -614,6 +628,9 @@ pub struct Completion {
     pub lease_token: Uuid,
     /// The workflow's output.
     pub output: Value,
+    /// Completed steps reported with the completion: recorded (first write wins) before the
+    /// run completes; if one cannot be, the run does not complete.
+    pub steps: Vec<StepReport>,
 }
 
 /// Filters and page position for listing runs, newest first.

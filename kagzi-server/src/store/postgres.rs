@@ -591,30 +591,13 @@ impl Store for PgStore {
     }
 
     async fn record_steps(&self, writes: &[StepWrite], now: DateTime<Utc>) -> Vec<Result<Step>> {
-        // One statement for the first report of each (run, key); a repeated key in the same
-        // batch, a report the statement could not place (lease lost, a concurrent writer) and
-        // a failed statement fall back to `record_step`, which says precisely why.
-        let mut seen = HashSet::with_capacity(writes.len());
-        let firsts: Vec<usize> = (0..writes.len())
-            .filter(|&i| seen.insert((writes[i].run, writes[i].report.key.as_str())))
-            .collect();
-        let mut placed: Vec<Option<Step>> = vec![None; writes.len()];
-        if firsts.len() > 1 {
-            let batch: Vec<&StepWrite> = firsts.iter().map(|&i| &writes[i]).collect();
-            match self.write_steps(&batch, now).await {
-                Ok(written) => {
-                    for (ord, step) in written {
-                        let slot = usize::try_from(ord - 1).ok().and_then(|k| firsts.get(k));
-                        if let Some(&i) = slot {
-                            placed[i] = Some(step);
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, reports = batch.len(), "a step batch failed; writing its reports one by one");
-                }
-            }
-        }
+        // One statement for the batch; a report it could not place goes to `record_step`,
+        // which says precisely why.
+        let placed = if writes.len() > 1 {
+            self.record_steps_batch(writes, now).await
+        } else {
+            vec![None; writes.len()]
+        };
         let mut results = Vec::with_capacity(writes.len());
         for (write, step) in writes.iter().zip(placed) {
             results.push(match step {
@@ -678,6 +661,32 @@ impl Store for PgStore {
         let firsts: Vec<usize> = (0..completions.len())
             .filter(|&i| seen.insert(completions[i].run))
             .collect();
+        // The steps the completions carry, all in one statement first; a completion whose
+        // steps were not all placed goes the single way (which records them one by one).
+        let carried: Vec<StepWrite> = firsts
+            .iter()
+            .flat_map(|&i| {
+                let c = &completions[i];
+                c.steps.iter().map(|report| StepWrite {
+                    run: c.run,
+                    lease_token: c.lease_token,
+                    report: report.clone(),
+                })
+            })
+            .collect();
+        let mut unplaced: HashSet<RunId> = HashSet::new();
+        if !carried.is_empty() {
+            let recorded = self.record_steps_batch(&carried, now).await;
+            for (write, step) in carried.iter().zip(recorded) {
+                if step.is_none() {
+                    unplaced.insert(write.run);
+                }
+            }
+        }
+        let firsts: Vec<usize> = firsts
+            .into_iter()
+            .filter(|&i| !unplaced.contains(&completions[i].run))
+            .collect();
         let mut placed: Vec<Option<Run>> = vec![None; completions.len()];
         if !firsts.is_empty() {
             let batch: Vec<&Completion> = firsts.iter().map(|&i| &completions[i]).collect();
@@ -699,10 +708,7 @@ impl Store for PgStore {
         for (c, run) in completions.iter().zip(placed) {
             results.push(match run {
                 Some(run) => Ok(run),
-                None => {
-                    self.complete_run(c.run, c.lease_token, &c.output, now)
-                        .await
-                }
+                None => super::complete_with_steps(self, c, now).await,
             });
         }
         results
@@ -1343,6 +1349,36 @@ async fn lock_held(
 }
 
 impl PgStore {
+    /// Writes the first report of each (run, key) of `writes` in one statement; `None` for
+    /// a report it did not place (a repeated key, a lost lease, a concurrent writer, a failed
+    /// statement).
+    async fn record_steps_batch(
+        &self,
+        writes: &[StepWrite],
+        now: DateTime<Utc>,
+    ) -> Vec<Option<Step>> {
+        let mut seen = HashSet::with_capacity(writes.len());
+        let firsts: Vec<usize> = (0..writes.len())
+            .filter(|&i| seen.insert((writes[i].run, writes[i].report.key.as_str())))
+            .collect();
+        let mut placed: Vec<Option<Step>> = vec![None; writes.len()];
+        let batch: Vec<&StepWrite> = firsts.iter().map(|&i| &writes[i]).collect();
+        match self.write_steps(&batch, now).await {
+            Ok(written) => {
+                for (ord, step) in written {
+                    let slot = usize::try_from(ord - 1).ok().and_then(|k| firsts.get(k));
+                    if let Some(&i) = slot {
+                        placed[i] = Some(step);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, reports = batch.len(), "a step batch failed; writing its reports one by one");
+            }
+        }
+        placed
+    }
+
     /// Writes a batch of step reports with distinct (run, key) in one statement, each under
     /// its run's lease and first-write-wins, and returns `(1-based position in the batch,
     /// recorded step)` for each report it could place: written, or already recorded.

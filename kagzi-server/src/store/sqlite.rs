@@ -569,7 +569,7 @@ impl Store for SqliteStore {
             let mut tx = self.pool.begin().await?;
             let mut results = Vec::with_capacity(completions.len());
             for c in completions {
-                results.push(finish_run(&mut tx, c.run, c.lease_token, &c.output, now).await);
+                results.push(finish_with_steps(&mut tx, c, now).await);
             }
             tx.commit().await?;
             Ok::<_, Error>(results)
@@ -593,10 +593,7 @@ impl Store for SqliteStore {
             Err(_) => {
                 let mut results = Vec::with_capacity(completions.len());
                 for c in completions {
-                    results.push(
-                        self.complete_run(c.run, c.lease_token, &c.output, now)
-                            .await,
-                    );
+                    results.push(super::complete_with_steps(self, c, now).await);
                 }
                 results
             }
@@ -1301,6 +1298,18 @@ async fn write_step(
         }
     };
     Ok(step)
+}
+
+/// Records the steps `c` carries, then completes its run, on `conn`.
+async fn finish_with_steps(
+    conn: &mut sqlx::SqliteConnection,
+    c: &Completion,
+    now: DateTime<Utc>,
+) -> Result<(Run, Option<String>)> {
+    for step in &c.steps {
+        write_step(&mut *conn, c.run, c.lease_token, step, now).await?;
+    }
+    finish_run(conn, c.run, c.lease_token, &c.output, now).await
 }
 
 /// Completes a run under its lease on `conn` and wakes its waiting parent; returns the run
