@@ -307,13 +307,44 @@ async fn the_worker_protocol_claims_records_and_fences(pool: PgPool) {
     let beat = post(&app, &format!("/v1/workers/{worker_id}/heartbeat"), hb).await;
     assert_eq!(beat.body, json!({"lost": []}));
 
+    // A completion may carry steps; a bad one refuses the whole completion, writing nothing.
+    let bad_step = json!({"lease_token": token, "output": "hi",
+                          "steps": [{"key": "b", "position": 1, "output": 2},
+                                    {"key": " ", "position": 2, "output": 3}]});
+    let refused = post(&app, &format!("/v1/runs/{run_id}/complete"), bad_step).await;
+    assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "key");
+    let zombie = json!({"lease_token": uuid::Uuid::new_v4(), "output": "hi",
+                        "steps": [{"key": "b", "position": 1, "output": "zombie"}]});
+    let refused = post(&app, &format!("/v1/runs/{run_id}/complete"), zombie).await;
+    assert_problem(&refused, StatusCode::CONFLICT, "not held under this lease");
+    let steps = get(&app, &format!("/v1/runs/{run_id}/steps")).await;
+    assert_eq!(
+        steps.body["steps"].as_array().map(Vec::len),
+        Some(1),
+        "refused completions wrote no step: {}",
+        steps.body
+    );
+
     let done = post(
         &app,
         &format!("/v1/runs/{run_id}/complete"),
-        json!({"lease_token": token, "output": "hi"}),
+        json!({"lease_token": token, "output": "hi",
+               "steps": [{"key": "b", "position": 1, "output": 2}]}),
     )
     .await;
     assert_eq!(done.body["status"], "completed");
+    let steps = get(&app, &format!("/v1/runs/{run_id}/steps")).await;
+    let recorded: Vec<(Value, Value)> = steps.body["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| (s["key"].clone(), s["output"].clone()))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![(json!("a"), json!(1)), (json!("b"), json!(2))],
+        "the carried step was recorded with the completion"
+    );
     let result = get(&app, &format!("/v1/runs/{run_id}/result")).await;
     assert_eq!(result.body["output"], "hi");
     let cancel = post(&app, &format!("/v1/runs/{run_id}/cancel"), json!({})).await;
