@@ -253,14 +253,8 @@ impl Store for PgStore {
         if runs.len() > 1 {
             match self.insert_runs(runs, now).await {
                 Ok(inserted) => {
-                    for (ord, id) in inserted {
-                        if let Some(slot) = usize::try_from(ord - 1)
-                            .ok()
-                            .and_then(|k| placed.get_mut(k))
-                        {
-                            *slot = Some(id);
-                        }
-                    }
+                    let whole: Vec<usize> = (0..runs.len()).collect();
+                    scatter(&mut placed, &whole, inserted);
                 }
                 Err(error) => {
                     tracing::warn!(%error, runs = runs.len(), "a start batch failed; starting its runs one by one");
@@ -691,14 +685,7 @@ impl Store for PgStore {
         if !firsts.is_empty() {
             let batch: Vec<&Completion> = firsts.iter().map(|&i| &completions[i]).collect();
             match self.complete_batch(&batch, now).await {
-                Ok(done) => {
-                    for (ord, run) in done {
-                        let slot = usize::try_from(ord - 1).ok().and_then(|k| firsts.get(k));
-                        if let Some(&i) = slot {
-                            placed[i] = Some(run);
-                        }
-                    }
-                }
+                Ok(done) => scatter(&mut placed, &firsts, done),
                 Err(error) => {
                     tracing::warn!(%error, completions = batch.len(), "a completion batch failed; completing its runs one by one");
                 }
@@ -1364,14 +1351,7 @@ impl PgStore {
         let mut placed: Vec<Option<Step>> = vec![None; writes.len()];
         let batch: Vec<&StepWrite> = firsts.iter().map(|&i| &writes[i]).collect();
         match self.write_steps(&batch, now).await {
-            Ok(written) => {
-                for (ord, step) in written {
-                    let slot = usize::try_from(ord - 1).ok().and_then(|k| firsts.get(k));
-                    if let Some(&i) = slot {
-                        placed[i] = Some(step);
-                    }
-                }
-            }
+            Ok(written) => scatter(&mut placed, &firsts, written),
             Err(error) => {
                 tracing::warn!(%error, reports = batch.len(), "a step batch failed; writing its reports one by one");
             }
@@ -1569,6 +1549,18 @@ struct Placed {
     ord: i64,
     #[sqlx(flatten)]
     step: Step,
+}
+
+/// Puts the rows of a batch statement where they belong: each `(1-based position in the
+/// batch, row)` goes to `placed[batch_of[position - 1]]`; what the statement did not return
+/// stays `None`.
+fn scatter<T>(placed: &mut [Option<T>], batch_of: &[usize], rows: Vec<(i64, T)>) {
+    for (ord, row) in rows {
+        let slot = usize::try_from(ord - 1).ok().and_then(|k| batch_of.get(k));
+        if let Some(target) = slot.and_then(|&i| placed.get_mut(i)) {
+            *target = Some(row);
+        }
+    }
 }
 
 /// Sends a notification on `channel`, delivered when the transaction commits.
