@@ -72,6 +72,24 @@ pub(crate) struct DeferredStep {
     attempts: u32,
 }
 
+/// The length of `value` as JSON, counted without building the text.
+fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
 /// The largest step result whose report may be deferred; larger ones are reported at once
 /// (so that a result over the server's payload limit fails the step, not the completion).
 const MAX_DEFERRED_BYTES: usize = 16 * 1024;
@@ -291,15 +309,7 @@ impl WorkflowContext {
     /// Why this attempt must end the way it does regardless of what the workflow returned:
     /// a non-determinism was found, or the lease was lost.
     pub(crate) fn poisoned(&self) -> Option<Error> {
-        let steps = self
-            .inner
-            .steps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        steps
-            .poison
-            .as_ref()
-            .map(|poison| poison.to_error(self.inner.run_id))
+        self.inner.poisoned_error()
     }
 
     /// Assign the step called `name` its key and position now, and return the future that
@@ -474,8 +484,23 @@ impl Inner {
         T: Serialize + DeserializeOwned,
     {
         let output = serde_json::to_value(&value)?;
-        let Some(http) = &self.http else {
+        if self.http.is_none() {
             return Ok(value);
+        }
+        let recorded = self.record_output(key, position, output, attempts).await?;
+        Ok(serde_json::from_value(recorded)?)
+    }
+
+    /// Report a step's serialized result and return the recorded one.
+    async fn record_output(
+        &self,
+        key: String,
+        position: u32,
+        output: Value,
+        attempts: u32,
+    ) -> Result<Value> {
+        let Some(http) = &self.http else {
+            return Ok(output);
         };
         self.flush().await?;
         let report = StepReport {
@@ -507,9 +532,7 @@ impl Inner {
             }
         };
         debug!(run_id = %self.run_id, key, attempts, "step completed");
-        Ok(serde_json::from_value(
-            recorded.output.unwrap_or(Value::Null),
-        )?)
+        Ok(recorded.output.unwrap_or(Value::Null))
     }
 
     /// Record that a step failed; only a lost lease is an error here (a failure that cannot
@@ -567,8 +590,9 @@ impl Inner {
             return Ok(value);
         }
         let output = serde_json::to_value(&value)?;
-        if serde_json::to_vec(&output).map_or(usize::MAX, |b| b.len()) > MAX_DEFERRED_BYTES {
-            return self.record_success(key, position, value, attempts).await;
+        if json_len(&output) > MAX_DEFERRED_BYTES {
+            let recorded = self.record_output(key, position, output, attempts).await?;
+            return Ok(serde_json::from_value(recorded)?);
         }
         debug!(run_id = %self.run_id, key, attempts, "step completed; its report is deferred");
         self.deferred
