@@ -439,6 +439,48 @@ async fn a_killed_worker_process_is_replaced_and_finished_steps_run_exactly_once
 
 // --- crash test (c): restart the server while 100 runs are in flight --------------------
 
+/// Registers `triple`: three steps `a`, `b`, `c`, each taking `step` and doubling the input.
+fn register_triple(worker: &mut Worker, step: Duration) {
+    worker.register("triple", move |ctx: WorkflowContext, n: u64| async move {
+        let mut acc = n;
+        for name in ["a", "b", "c"] {
+            acc = ctx
+                .run(name, async move {
+                    tokio::time::sleep(step).await;
+                    Ok(acc * 2)
+                })
+                .await?;
+        }
+        Ok(acc)
+    });
+}
+
+/// Waits for each `triple` run of `ids` (started with `n`) to complete with `n * 8`, each of
+/// its steps recorded once; a wait that fails (the run is still going, or the connection
+/// broke across a crash) is retried for up to a minute.
+async fn assert_triples_completed(client: &Client, ids: Vec<(u64, RunId)>) {
+    for (n, id) in ids {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let output = loop {
+            match client.wait(id, Duration::from_secs(5)).await {
+                Ok(run) if run.status == RunStatus::Completed => break run.output,
+                Ok(run) => panic!("run {id} ended {:?}: {:?}", run.status, run.error),
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "run {id} did not complete: {e}"
+                ),
+            }
+        };
+        assert_eq!(output, Some(json!(n * 8)), "run {id} has the right output");
+        let keys = completed_keys(client, id).await;
+        assert_eq!(
+            keys,
+            vec!["a", "b", "c"],
+            "run {id} recorded each step once"
+        );
+    }
+}
+
 async fn a_server_restart_with_100_runs_in_flight_loses_nothing(db: TestDb) {
     let db_url = db.url();
     let mut server = ServerProcess::start(&db_url, support::free_port()).await;
@@ -449,18 +491,7 @@ async fn a_server_restart_with_100_runs_in_flight_loses_nothing(db: TestDb) {
         .build()
         .await
         .expect("worker");
-    worker.register("triple", |ctx: WorkflowContext, n: u64| async move {
-        let mut acc = n;
-        for name in ["a", "b", "c"] {
-            acc = ctx
-                .run(name, async move {
-                    tokio::time::sleep(Duration::from_millis(40)).await;
-                    Ok(acc * 2)
-                })
-                .await?;
-        }
-        Ok(acc)
-    });
+    register_triple(&mut worker, Duration::from_millis(40));
     let (stop, _handle) = support::spawn_worker(worker);
 
     let client = Client::connect(&url).await.expect("client");
@@ -486,27 +517,7 @@ async fn a_server_restart_with_100_runs_in_flight_loses_nothing(db: TestDb) {
     .await;
     server.restart().await;
 
-    for (n, id) in ids {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let output = loop {
-            match client.wait(id, Duration::from_secs(5)).await {
-                Ok(run) if run.status == RunStatus::Completed => break run.output,
-                Ok(run) => panic!("run {id} ended {:?}: {:?}", run.status, run.error),
-                // Still running, or the connection broke across the restart.
-                Err(e) => assert!(
-                    std::time::Instant::now() < deadline,
-                    "run {id} did not complete: {e}"
-                ),
-            }
-        };
-        assert_eq!(output, Some(json!(n * 8)), "run {id} has the right output");
-        let keys = completed_keys(&client, id).await;
-        assert_eq!(
-            keys,
-            vec!["a", "b", "c"],
-            "run {id} recorded each step once"
-        );
-    }
+    assert_triples_completed(&client, ids).await;
     stop.cancel();
 }
 
@@ -534,18 +545,7 @@ async fn a_database_outage_with_runs_in_flight_loses_nothing(pool: sqlx::PgPool)
         .build()
         .await
         .expect("worker");
-    worker.register("triple", |ctx: WorkflowContext, n: u64| async move {
-        let mut acc = n;
-        for name in ["a", "b", "c"] {
-            acc = ctx
-                .run(name, async move {
-                    tokio::time::sleep(Duration::from_millis(60)).await;
-                    Ok(acc * 2)
-                })
-                .await?;
-        }
-        Ok(acc)
-    });
+    register_triple(&mut worker, Duration::from_millis(60));
     let (stop, _handle) = support::spawn_worker(worker);
 
     let client = Client::connect(&url).await.expect("client");
@@ -587,26 +587,7 @@ async fn a_database_outage_with_runs_in_flight_loses_nothing(pool: sqlx::PgPool)
         "runs were still in flight during the outages"
     );
 
-    for (n, id) in ids {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let output = loop {
-            match client.wait(id, Duration::from_secs(5)).await {
-                Ok(run) if run.status == RunStatus::Completed => break run.output,
-                Ok(run) => panic!("run {id} ended {:?}: {:?}", run.status, run.error),
-                Err(e) => assert!(
-                    std::time::Instant::now() < deadline,
-                    "run {id} did not complete: {e}"
-                ),
-            }
-        };
-        assert_eq!(output, Some(json!(n * 8)), "run {id} has the right output");
-        let keys = completed_keys(&client, id).await;
-        assert_eq!(
-            keys,
-            vec!["a", "b", "c"],
-            "run {id} recorded each step once"
-        );
-    }
+    assert_triples_completed(&client, ids).await;
     stop.cancel();
 }
 

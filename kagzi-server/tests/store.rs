@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use kagzi_server::model::{Lease, RunStatus, StepStatus, Worker};
+use kagzi_server::model::{Lease, RunId, RunStatus, StepStatus, Task, Worker};
 use kagzi_server::schedule::{CatchUp, Overlap, ScheduleId};
 use kagzi_server::store::{
     Backoff, Completion, Error, NewRun, NewSchedule, NewWorker, PgStore, RunFilter, ScheduleFilter,
@@ -45,6 +45,15 @@ async fn worker(store: &dyn Store, workflows: &[&str]) -> Worker {
         .await
         .expect("register");
     store.get_worker(id).await.expect("worker exists")
+}
+
+/// The lease token under which `run` was claimed among `tasks`.
+fn lease_of(tasks: &[Task], run: RunId) -> uuid::Uuid {
+    tasks
+        .iter()
+        .find(|t| t.run_id == run)
+        .expect("claimed")
+        .lease_token
 }
 
 fn completed(key: &str, position: u32, output: serde_json::Value) -> StepReport {
@@ -353,13 +362,7 @@ async fn a_batch_of_completions_keeps_every_rule_of_single_completions(store: Ar
         ids.push(store.create_run(&new, now).await.expect("create").id);
     }
     let tasks = store.claim(&w, 3, now + LEASE, now).await.expect("claim");
-    let lease = |id| {
-        tasks
-            .iter()
-            .find(|t| t.run_id == id)
-            .expect("claimed")
-            .lease_token
-    };
+    let lease = |id| lease_of(&tasks, id);
     let wait = Suspend {
         child: Some(ids[0]),
         ..Suspend::default()
@@ -552,13 +555,7 @@ async fn a_completion_records_the_steps_it_carries_first(store: Arc<dyn Store>) 
         );
     }
     let tasks = store.claim(&w, 3, now + LEASE, now).await.expect("claim");
-    let lease = |id| {
-        tasks
-            .iter()
-            .find(|t| t.run_id == id)
-            .expect("claimed")
-            .lease_token
-    };
+    let lease = |id| lease_of(&tasks, id);
     store
         .record_step(
             ids[1],
@@ -1350,13 +1347,7 @@ async fn a_child_ending_while_its_parent_suspends_always_wakes_it(store: Arc<dyn
             .expect("create other")
             .id;
         let tasks = store.claim(&w, 2, now + LEASE, now).await.expect("claim");
-        let lease = |id| {
-            tasks
-                .iter()
-                .find(|t| t.run_id == id)
-                .expect("claimed")
-                .lease_token
-        };
+        let lease = |id| lease_of(&tasks, id);
         let completions = vec![
             Completion {
                 run: child,
