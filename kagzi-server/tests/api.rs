@@ -378,6 +378,184 @@ async fn the_worker_protocol_claims_records_and_fences(pool: PgPool) {
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
 }
 
+/// Starts `n` runs, registers a worker and claims them: `(run id, lease token)` each, in
+/// start order.
+async fn claimed_runs(app: &Router, n: usize) -> Vec<(String, String)> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let run = post(app, "/v1/runs", json!({"workflow": "greet", "input": i})).await;
+        ids.push(run.body["id"].as_str().expect("id").to_owned());
+    }
+    let worker = post(
+        app,
+        "/v1/workers",
+        json!({"queue": "default", "workflows": ["greet"], "capacity": n}),
+    )
+    .await;
+    let worker_id = worker.body["id"].as_str().expect("worker id").to_owned();
+    let poll = post(
+        app,
+        &format!("/v1/workers/{worker_id}/poll"),
+        json!({"max": n}),
+    )
+    .await;
+    let tasks = poll.body["runs"].as_array().expect("runs");
+    ids.into_iter()
+        .map(|id| {
+            let task = tasks
+                .iter()
+                .find(|t| t["run_id"] == id.as_str())
+                .expect("every run claimed");
+            (id, task["lease_token"].as_str().expect("token").to_owned())
+        })
+        .collect()
+}
+
+async fn step_outputs(app: &Router, run_id: &str) -> Vec<(Value, Value)> {
+    let steps = get(app, &format!("/v1/runs/{run_id}/steps")).await;
+    steps.body["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| (s["key"].clone(), s["output"].clone()))
+        .collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_of_reports_is_answered_report_by_report(pool: PgPool) {
+    let app = router(pool).await;
+    let runs = claimed_runs(&app, 3).await;
+    let [(a, a_token), (b, _), (c, c_token)] = &runs[..] else {
+        panic!("three runs");
+    };
+    let batch = json!({"reports": [
+        {"run_id": a, "step": {"lease_token": a_token, "key": "k", "position": 0, "status": "completed", "output": 1}},
+        {"run_id": b, "step": {"lease_token": uuid::Uuid::new_v4(), "key": "k", "position": 0, "status": "completed", "output": "zombie"}},
+        {"run_id": c, "complete": {"lease_token": c_token, "output": "c", "steps": [{"key": "last", "position": 0, "output": 3}]}},
+        {"run_id": a, "step": {"lease_token": a_token, "key": " ", "position": 1, "status": "completed", "output": 2}},
+        {"run_id": a, "step": {"lease_token": a_token, "key": "both", "position": 1, "status": "completed"},
+                      "complete": {"lease_token": a_token, "output": "a"}}
+    ]});
+    let answer = post(&app, "/v1/reports", batch).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let results = answer.body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5, "one result per report: {}", answer.body);
+    assert_eq!(results[0]["status"], 200);
+    assert_eq!(results[0]["step"]["key"], "k");
+    assert_eq!(results[0]["step"]["output"], 1);
+    assert_eq!(results[1]["status"], 409);
+    assert_eq!(
+        results[1]["problem"]["type"],
+        "urn:kagzi:problem:lease-lost"
+    );
+    assert_eq!(results[2]["status"], 200);
+    assert!(results[2].get("problem").is_none(), "{}", results[2]);
+    assert_eq!(results[3]["status"], 422);
+    assert!(
+        results[3]["problem"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("key")),
+        "{}",
+        results[3]
+    );
+    assert_eq!(results[4]["status"], 422);
+    assert!(
+        results[4]["problem"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("exactly one of `step` and `complete`")),
+        "{}",
+        results[4]
+    );
+
+    // What was recorded is exactly what was accepted.
+    assert_eq!(step_outputs(&app, a).await, vec![(json!("k"), json!(1))]);
+    assert_eq!(step_outputs(&app, b).await, vec![]);
+    assert_eq!(step_outputs(&app, c).await, vec![(json!("last"), json!(3))]);
+    let c_run = get(&app, &format!("/v1/runs/{c}")).await;
+    assert_eq!(c_run.body["status"], "completed");
+    assert_eq!(c_run.body["output"], "c");
+    assert_eq!(
+        get(&app, &format!("/v1/runs/{a}")).await.body["status"],
+        "running"
+    );
+
+    // The first result wins in a batch too; a completion of an ended run is refused.
+    let again = json!({"reports": [
+        {"run_id": a, "step": {"lease_token": a_token, "key": "k", "position": 0, "status": "completed", "output": 99}},
+        {"run_id": c, "complete": {"lease_token": c_token, "output": "again"}}
+    ]});
+    let answer = post(&app, "/v1/reports", again).await;
+    assert_eq!(answer.body["results"][0]["step"]["output"], 1);
+    assert_eq!(answer.body["results"][1]["status"], 409);
+    assert_eq!(
+        get(&app, &format!("/v1/runs/{c}")).await.body["output"],
+        "c"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_malformed_batch_is_refused_whole_and_writes_nothing(pool: PgPool) {
+    let app = router(pool).await;
+    let runs = claimed_runs(&app, 1).await;
+    let (a, token) = &runs[0];
+    let step = json!({"lease_token": token, "key": "k", "position": 0, "status": "completed", "output": 1});
+    let empty = post(&app, "/v1/reports", json!({"reports": []})).await;
+    assert_problem(&empty, StatusCode::UNPROCESSABLE_ENTITY, "1 to 256 reports");
+    let too_many: Vec<Value> = (0..257)
+        .map(|_| json!({"run_id": a, "step": step}))
+        .collect();
+    let refused = post(&app, "/v1/reports", json!({"reports": too_many})).await;
+    assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "not 257");
+    let unknown = json!({"reports": [{"run_id": a, "step": step}, {"run_id": a, "stpe": step}]});
+    let refused = post(&app, "/v1/reports", unknown).await;
+    assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "stpe");
+    let bad_id =
+        json!({"reports": [{"run_id": a, "step": step}, {"run_id": "nope", "step": step}]});
+    let refused = post(&app, "/v1/reports", bad_id).await;
+    assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "run_id");
+    let syntax = send(
+        &app,
+        Method::POST,
+        "/v1/reports",
+        Some(Body::from(r#"{"reports": [{"run_id": "#)),
+    )
+    .await;
+    assert_problem(&syntax, StatusCode::BAD_REQUEST, "");
+    assert_eq!(step_outputs(&app, a).await, vec![], "nothing was written");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_report_over_the_payload_limit_is_refused_alone(pool: PgPool) {
+    let mut config = Config::defaults();
+    config.max_payload_bytes = 1024;
+    let app = router_with(pool, config).await;
+    let runs = claimed_runs(&app, 2).await;
+    let [(a, a_token), (b, b_token)] = &runs[..] else {
+        panic!("two runs");
+    };
+    let big = "x".repeat(2048);
+    let batch = json!({"reports": [
+        {"run_id": a, "step": {"lease_token": a_token, "key": "big", "position": 0, "status": "completed", "output": big}},
+        {"run_id": b, "step": {"lease_token": b_token, "key": "small", "position": 0, "status": "completed", "output": 1}}
+    ]});
+    let answer = post(&app, "/v1/reports", batch).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["results"][0]["status"], 413);
+    assert!(
+        answer.body["results"][0]["problem"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("the output of step big")),
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.body["results"][1]["status"], 200);
+    assert_eq!(step_outputs(&app, a).await, vec![]);
+    assert_eq!(
+        step_outputs(&app, b).await,
+        vec![(json!("small"), json!(1))]
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn an_oversized_step_result_is_refused_and_not_recorded(pool: PgPool) {
     let app = router(pool).await;

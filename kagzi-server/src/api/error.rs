@@ -156,10 +156,12 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document this error answers with. Internals of 5xx errors are logged
+    /// here, not shown.
+    pub(crate) fn to_problem(&self) -> Problem {
         let (status, slug, title) = self.parts();
-        let detail = match &self {
+        let detail = match self {
             Self::Internal(detail) => {
                 tracing::error!(%detail, "request failed");
                 "the server failed to handle the request; the error is in its log".to_owned()
@@ -170,7 +172,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = Problem::new(status, slug, title, detail).into_response();
+        Problem::new(status, slug, title, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.to_problem().into_response();
         if let Self::Unauthorized { challenge, .. } = &self {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -2,6 +2,7 @@
 //! API keys, the OpenAPI document and its Swagger UI.
 
 pub mod auth;
+mod batch;
 pub mod error;
 pub mod extract;
 mod health;
@@ -38,6 +39,7 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(health::router())
         .merge(runs::router())
+        .merge(batch::router())
         .merge(schedules::router())
         .merge(workers::router())
 }

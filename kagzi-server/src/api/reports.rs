@@ -78,6 +78,13 @@ pub(crate) async fn step(
     Path(id): Path<Uuid>,
     Json(body): Json<StepBody>,
 ) -> Result<Json<Step>> {
+    let (write, bytes) = step_write(&state, id, body)?;
+    let step = state.reports.steps.submit(write, bytes).await?;
+    Ok(Json(step))
+}
+
+/// Checks a step report and makes it a write; with the bytes it carries.
+pub(super) fn step_write(state: &AppState, id: Uuid, body: StepBody) -> Result<(StepWrite, usize)> {
     super::runs::check_name("key", &body.key)?;
     let limit = state.config.max_payload_bytes;
     let (output, error, bytes) = match body.status {
@@ -107,8 +114,7 @@ pub(crate) async fn step(
         lease_token: body.lease_token,
         report,
     };
-    let step = state.reports.steps.submit(write, bytes).await?;
-    Ok(Json(step))
+    Ok((write, bytes))
 }
 
 /// `POST /v1/runs/{id}/complete` body.
@@ -175,15 +181,25 @@ pub(crate) async fn complete(
     Path(id): Path<Uuid>,
     Json(body): Json<CompleteBody>,
 ) -> Result<Json<Run>> {
+    let (completion, bytes) = completion(&state, id, body)?;
+    let run = state.reports.completions.submit(completion, bytes).await?;
+    Ok(Json(run))
+}
+
+/// Checks a completion and its carried steps; with the bytes it carries.
+pub(super) fn completion(
+    state: &AppState,
+    id: Uuid,
+    body: CompleteBody,
+) -> Result<(Completion, usize)> {
     let limit = state.config.max_payload_bytes;
-    let bytes = check_payload("output", &body.output, limit)?;
+    let mut bytes = check_payload("output", &body.output, limit)?;
     if body.steps.len() > MAX_COMPLETED_STEPS {
         return Err(ApiError::InvalidBody(format!(
             "steps may hold at most {MAX_COMPLETED_STEPS} steps, not {}",
             body.steps.len()
         )));
     }
-    let mut bytes = bytes;
     let mut steps = Vec::with_capacity(body.steps.len());
     for step in body.steps {
         super::runs::check_name("key", &step.key)?;
@@ -209,8 +225,7 @@ pub(crate) async fn complete(
         output: body.output,
         steps,
     };
-    let run = state.reports.completions.submit(completion, bytes).await?;
-    Ok(Json(run))
+    Ok((completion, bytes))
 }
 
 /// `POST /v1/runs/{id}/fail` body.

@@ -1,0 +1,218 @@
+//! Reports on many runs in one request: a worker with many runs in flight sends the step
+//! outcomes and completions that are ready at the same moment together, instead of one
+//! request each. Each report is checked, written and answered exactly as its own endpoint
+//! would (`POST /v1/runs/{id}/steps`, `POST /v1/runs/{id}/complete`).
+
+use std::borrow::Cow;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{
+    AdditionalProperties, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
+};
+use utoipa::openapi::{Ref, RefOr};
+use uuid::Uuid;
+
+use super::error::{ApiError, Problem, Result};
+use super::extract::Json;
+use super::reports::{CompleteBody, StepBody, completion, step_write};
+use crate::model::Step;
+use crate::state::AppState;
+use crate::store::{Completion, StepWrite};
+
+/// The most reports one batch may hold.
+const MAX_REPORTS: usize = 256;
+
+/// The routes of this resource.
+pub(crate) fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(reports))
+}
+
+/// `POST /v1/reports` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reports": [
+    {"run_id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "step": {"lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e", "key": "charge", "position": 0, "status": "completed", "output": 42}},
+    {"run_id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0b", "complete": {"lease_token": "6c1f0e5d-2a3b-4c4d-9e8f-7a6b5c4d3e2f", "output": "done"}}
+]}))]
+pub(crate) struct ReportBatch {
+    /// The reports, each on a run this worker holds under its lease.
+    #[schema(min_items = 1, max_items = 256)]
+    reports: Vec<BatchedReport>,
+}
+
+/// One report in a batch: exactly one of `step` and `complete`, on run `run_id`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchedReport {
+    run_id: Uuid,
+    #[serde(default)]
+    step: Option<StepBody>,
+    #[serde(default)]
+    complete: Option<CompleteBody>,
+}
+
+impl utoipa::PartialSchema for BatchedReport {
+    fn schema() -> RefOr<Schema> {
+        let variant = |field: &str, body: &str, description: &str| {
+            ObjectBuilder::new()
+                .property(
+                    "run_id",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+                        .description(Some("The run the report is on.")),
+                )
+                .required("run_id")
+                .property(field, Ref::from_schema_name(body))
+                .required(field)
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+                .description(Some(description))
+        };
+        OneOfBuilder::new()
+            .item(variant(
+                "step",
+                "StepBody",
+                "A step's outcome on run `run_id`, as `POST /v1/runs/{id}/steps` takes it.",
+            ))
+            .item(variant(
+                "complete",
+                "CompleteBody",
+                "The completion of run `run_id`, as `POST /v1/runs/{id}/complete` takes it.",
+            ))
+            .description(Some(
+                "One report in a batch: a step's outcome (`step`) or a completion (`complete`) of run `run_id`.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for BatchedReport {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("BatchedReport")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((
+            "StepBody".to_owned(),
+            <StepBody as utoipa::PartialSchema>::schema(),
+        ));
+        <StepBody as utoipa::ToSchema>::schemas(schemas);
+        schemas.push((
+            "CompleteBody".to_owned(),
+            <CompleteBody as utoipa::PartialSchema>::schema(),
+        ));
+        <CompleteBody as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+/// `POST /v1/reports` answer: one result per report, in the order of the request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReportResults {
+    /// The results, in the order of the reports.
+    results: Vec<ReportResult>,
+}
+
+/// How one report of a batch went.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReportResult {
+    /// The status its own endpoint would have answered with: 200 when recorded; 409 when
+    /// the run is not held under the report's lease (drop the run); 413 or 422 for a report
+    /// that is too large or invalid; 503 when the database could not be reached (send the
+    /// report again).
+    #[schema(example = 200)]
+    status: u16,
+    /// For a step report that was recorded: the step as recorded (for a key that was
+    /// already completed, that earlier record: the first result wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<Step>,
+    /// For a report that was refused: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<Problem>,
+}
+
+impl ReportResult {
+    fn recorded(step: Option<Step>) -> Self {
+        ReportResult {
+            status: 200,
+            step,
+            problem: None,
+        }
+    }
+
+    fn refused(error: &ApiError) -> Self {
+        let problem = error.to_problem();
+        ReportResult {
+            status: problem.status,
+            step: None,
+            problem: Some(problem),
+        }
+    }
+}
+
+/// A checked report, ready to write.
+enum Checked {
+    Step(StepWrite, usize),
+    Complete(Completion, usize),
+}
+
+/// Records step outcomes and completions of many runs in one request.
+///
+/// Each report is on a run held under its own lease, and is answered on its own, with the
+/// status and problem its own endpoint would answer: a report whose lease is gone (409),
+/// whose payload is over the limit (413) or that is invalid (422) is refused alone, and
+/// nothing is written for it. A body that is not a batch of reports is refused whole.
+#[utoipa::path(
+    post,
+    path = "/v1/reports",
+    tag = "reports",
+    operation_id = "report_batch",
+    request_body = ReportBatch,
+    responses(
+        (status = 200, description = "Each report's result, in order.", body = ReportResults),
+    ),
+)]
+pub(crate) async fn reports(
+    State(state): State<AppState>,
+    Json(body): Json<ReportBatch>,
+) -> Result<Json<ReportResults>> {
+    let count = body.reports.len();
+    if count == 0 || count > MAX_REPORTS {
+        return Err(ApiError::InvalidBody(format!(
+            "reports must hold 1 to {MAX_REPORTS} reports, not {count}"
+        )));
+    }
+    let checked =
+        body.reports
+            .into_iter()
+            .map(|report| match (report.step, report.complete) {
+                (Some(step), None) => {
+                    step_write(&state, report.run_id, step).map(|(w, b)| Checked::Step(w, b))
+                }
+                (None, Some(complete)) => completion(&state, report.run_id, complete)
+                    .map(|(c, b)| Checked::Complete(c, b)),
+                _ => Err(ApiError::InvalidBody(
+                    "give exactly one of `step` and `complete`".to_owned(),
+                )),
+            });
+    let results = futures::future::join_all(checked.map(|report| async {
+        match report {
+            // Refused as its own endpoint would refuse it; nothing written for it.
+            Err(e) => ReportResult::refused(&e),
+            Ok(Checked::Step(write, bytes)) => {
+                match state.reports.steps.submit(write, bytes).await {
+                    Ok(step) => ReportResult::recorded(Some(step)),
+                    Err(e) => ReportResult::refused(&e.into()),
+                }
+            }
+            Ok(Checked::Complete(completion, bytes)) => {
+                match state.reports.completions.submit(completion, bytes).await {
+                    Ok(_) => ReportResult::recorded(None),
+                    Err(e) => ReportResult::refused(&e.into()),
+                }
+            }
+        }
+    }))
+    .await;
+    Ok(Json(ReportResults { results }))
+}
