@@ -13,7 +13,8 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::http::{Call, Http, Retry, WORKER_RETRY_BUDGET};
+use crate::http::Http;
+use crate::reporter::ReportKind;
 use crate::types::{RunId, Step, StepStatus};
 
 tokio::task_local! {
@@ -713,11 +714,7 @@ impl Inner {
     }
 
     async fn report(&self, http: &Http, report: &StepReport<'_>) -> Result<Step> {
-        let run_id = self.run_id.to_string();
-        let call = Call::post(http.url(&["v1", "runs", &run_id, "steps"]), report)?
-            .retry(Retry::Transient(WORKER_RETRY_BUDGET))
-            .report(self.run_id);
-        http.send(&call).await
+        http.report(self.run_id, ReportKind::Step, report).await
     }
 }
 

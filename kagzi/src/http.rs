@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
+use crate::reporter::{MAX_BATCHED_BYTES, ReportKind, Reporter};
 use crate::types::RunId;
 
 /// How long worker calls (polls, heartbeats, reports) keep retrying while the server is
@@ -99,6 +100,13 @@ impl Call {
     }
 
     /// A `PATCH` request with a JSON body.
+    /// A POST of a body that is already JSON.
+    pub(crate) fn post_json(url: Url, body: Vec<u8>) -> Self {
+        let mut call = Call::new(Method::POST, url);
+        call.body = Some(body);
+        call
+    }
+
     pub(crate) fn patch(url: Url, body: &impl Serialize) -> Result<Self> {
         let mut call = Call::new(Method::PATCH, url);
         call.body = Some(serde_json::to_vec(body)?);
@@ -158,6 +166,8 @@ pub(crate) struct Http {
     client: reqwest::Client,
     base: Url,
     api_key: ApiKey,
+    /// Batches run reports, on a worker's `Http` (see [`Http::with_reporter`]).
+    reporter: Option<Reporter>,
 }
 
 impl fmt::Debug for Http {
@@ -191,7 +201,46 @@ impl Http {
             client,
             base,
             api_key,
+            reporter: None,
         })
+    }
+
+    /// This client, sending run reports ([`Http::report`]) in batches from now on. Starts
+    /// the batching task, which ends once the returned client and its clones are dropped.
+    pub(crate) fn with_reporter(&self) -> Http {
+        let plain = Http {
+            reporter: None,
+            ..self.clone()
+        };
+        Http {
+            reporter: Some(Reporter::spawn(plain.clone())),
+            ..plain
+        }
+    }
+
+    /// Sends a report on a run held under a lease: a step's outcome or a completion,
+    /// `body` being what its own endpoint takes. Batched with other runs' reports when
+    /// this client has a reporter and the report is small; retried while the server is
+    /// unreachable, for up to [`WORKER_RETRY_BUDGET`]. A refused lease is
+    /// [`Error::LeaseLost`].
+    pub(crate) async fn report<T: DeserializeOwned>(
+        &self,
+        run_id: RunId,
+        kind: ReportKind,
+        body: &impl Serialize,
+    ) -> Result<T> {
+        let body = serde_json::to_vec(body)?;
+        if let Some(reporter) = &self.reporter
+            && body.len() <= MAX_BATCHED_BYTES
+        {
+            let recorded = reporter.send(run_id, kind, &body).await?;
+            return Ok(serde_json::from_value(recorded)?);
+        }
+        let run = run_id.to_string();
+        let call = Call::post_json(self.url(&["v1", "runs", &run, kind.name()]), body)
+            .retry(Retry::Transient(WORKER_RETRY_BUDGET))
+            .report(run_id);
+        self.send(&call).await
     }
 
     /// The URL of `segments` under the server's base URL; each segment is percent-encoded.
@@ -256,19 +305,28 @@ impl Http {
             let body: &[u8] = if body.is_empty() { b"null" } else { &body };
             return Ok(serde_json::from_slice(body)?);
         }
-        if status == StatusCode::CONFLICT
-            && let Some(run_id) = call.report
-        {
-            return Err(Error::LeaseLost { run_id });
-        }
         match problem(status, &body) {
             Error::Api {
-                status: 413,
+                status,
+                title,
                 detail,
-                ..
-            } => Err(Error::PayloadTooLarge { detail }),
+            } => Err(refusal(status, title, detail, call.report)),
             other => Err(other),
         }
+    }
+}
+
+/// The error for a refused request (or a refused report in a batch): a lost lease for a
+/// 409 on a report on `report`, [`Error::PayloadTooLarge`] for a 413, else [`Error::Api`].
+pub(crate) fn refusal(status: u16, title: String, detail: String, report: Option<RunId>) -> Error {
+    match (status, report) {
+        (409, Some(run_id)) => Error::LeaseLost { run_id },
+        (413, _) => Error::PayloadTooLarge { detail },
+        _ => Error::Api {
+            status,
+            title,
+            detail,
+        },
     }
 }
 

@@ -86,6 +86,7 @@ mod client;
 mod context;
 mod error;
 mod http;
+mod reporter;
 mod schedule;
 mod step;
 mod suspend;

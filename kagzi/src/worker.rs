@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::context::{DeferredStep, JournalEntry, WorkflowContext};
 use crate::error::{Error, Result};
 use crate::http::{ApiKey, Call, Http, Retry, WORKER_RETRY_BUDGET};
+use crate::reporter::ReportKind;
 use crate::types::RunId;
 use crate::workflow::Workflow;
 
@@ -305,7 +306,7 @@ impl Worker {
         let mut workflows: Vec<String> = handlers.keys().cloned().collect();
         workflows.sort();
         let mut shared = Shared {
-            http,
+            http: http.with_reporter(),
             queue,
             workflows,
             capacity: u32::try_from(max_concurrent).unwrap_or(u32::MAX),
@@ -663,14 +664,17 @@ async fn report_outcome(
 ) -> Result<IgnoredAny> {
     let run = run_id.to_string();
     let call = match outcome {
-        Ok(output) => Call::post(
-            shared.http.url(&["v1", "runs", &run, "complete"]),
-            &CompleteRequest {
+        Ok(output) => {
+            let complete = CompleteRequest {
                 lease_token,
                 output,
                 steps,
-            },
-        )?,
+            };
+            return shared
+                .http
+                .report(run_id, ReportKind::Complete, &complete)
+                .await;
+        }
         Err((error, retryable)) => {
             let mut end = error.len().min(MAX_ERROR_LEN);
             while !error.is_char_boundary(end) {
