@@ -108,6 +108,10 @@ impl utoipa::ToSchema for BatchedReport {
 
 /// `POST /v1/reports` answer: one result per report, in the order of the request.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"results": [
+    {"status": 200, "step": {"key": "charge", "position": 0, "status": "completed", "output": 42, "error": null, "attempts": 1, "created_at": "2026-11-26T09:00:00Z", "finished_at": "2026-11-26T09:00:00Z"}},
+    {"status": 409, "problem": {"type": "urn:kagzi:problem:lease-lost", "title": "Lease lost", "status": 409, "detail": "run 0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0b is not held under this lease"}}
+]}))]
 pub(crate) struct ReportResults {
     /// The results, in the order of the reports.
     results: Vec<ReportResult>,
