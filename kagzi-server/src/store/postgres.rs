@@ -1152,7 +1152,7 @@ impl Store for PgStore {
                        updated_at, schedule_id, scheduled_at)
                   select $2, workflow, queue, 'pending', input, retries, $3, $3, $3, id, $3
                   from kagzi.schedules where id = $1
-                  on conflict (schedule_id, scheduled_at) do nothing
+                  on conflict (schedule_id, scheduled_at) where schedule_id is not null do nothing
                   returning id, queue
               )
               select id from inserted, pg_notify($4, queue)",
@@ -1285,7 +1285,7 @@ async fn insert_scheduled_run(
               (id, workflow, queue, status, input, retries, available_at, created_at, updated_at,
                schedule_id, scheduled_at)
           values ($1, $2, $3, 'pending', $4, $5, $6, $6, $6, $7, $8)
-          on conflict (schedule_id, scheduled_at) do nothing
+          on conflict (schedule_id, scheduled_at) where schedule_id is not null do nothing
           returning id",
     )
     .bind(RunId::new())

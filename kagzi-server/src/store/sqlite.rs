@@ -1160,7 +1160,7 @@ async fn insert_scheduled_run(
               (id, workflow, queue, status, input, retries, available_at, created_at, updated_at,
                schedule_id, scheduled_at)
           values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?6, ?6, ?7, ?8)
-          on conflict (schedule_id, scheduled_at) do nothing
+          on conflict (schedule_id, scheduled_at) where schedule_id is not null do nothing
           returning id",
     )
     .bind(RunId::new())
