@@ -557,6 +557,67 @@ async fn a_report_over_the_payload_limit_is_refused_alone(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_batch_of_starts_is_answered_start_by_start(pool: PgPool) {
+    let app = router(pool).await;
+    let batch = json!({"runs": [
+        {"workflow": "greet", "input": 1},
+        {"workflow": " ", "input": 2},
+        {"workflow": "greet", "input": 3, "idempotency_key": "k"},
+        {"workflow": "greet", "input": 3, "idempotency_key": "k"},
+        {"workflow": "greet", "input": 4, "parent_id": uuid::Uuid::new_v4()}
+    ]});
+    let answer = post(&app, "/v1/runs/batch", batch).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let results = answer.body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 5, "{}", answer.body);
+    assert_eq!(results[0]["status"], 201);
+    assert_eq!(results[0]["run"]["status"], "pending");
+    assert_eq!(results[1]["status"], 422);
+    assert!(
+        results[1]["problem"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("workflow must not be empty")),
+        "{}",
+        results[1]
+    );
+    let keyed: Vec<&Value> = vec![&results[2]["run"]["id"], &results[3]["run"]["id"]];
+    assert!(keyed[0].is_string());
+    assert_eq!(
+        keyed[0], keyed[1],
+        "one run per idempotency key: {}",
+        answer.body
+    );
+    let mut statuses = vec![results[2]["status"].clone(), results[3]["status"].clone()];
+    statuses.sort_by_key(|s| s.as_u64());
+    assert_eq!(statuses, vec![json!(200), json!(201)]);
+    assert_eq!(results[4]["status"], 404);
+    assert_eq!(results[4]["problem"]["type"], "urn:kagzi:problem:not-found");
+
+    // Exactly the accepted starts made runs, with their inputs.
+    let listed = get(&app, "/v1/runs?limit=100").await;
+    let mut inputs: Vec<Value> = listed.body["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["input"].clone())
+        .collect();
+    inputs.sort_by_key(|i| i.as_u64());
+    assert_eq!(inputs, vec![json!(1), json!(3)]);
+    let first = results[0]["run"]["id"].as_str().expect("id");
+    assert_eq!(
+        get(&app, &format!("/v1/runs/{first}")).await.body["input"],
+        1
+    );
+
+    let empty = post(&app, "/v1/runs/batch", json!({"runs": []})).await;
+    assert_problem(&empty, StatusCode::UNPROCESSABLE_ENTITY, "1 to 256 starts");
+    let unknown = json!({"runs": [{"workflow": "greet"}, {"workflow": "greet", "inptu": 1}]});
+    let refused = post(&app, "/v1/runs/batch", unknown).await;
+    assert_problem(&refused, StatusCode::UNPROCESSABLE_ENTITY, "inptu");
+    assert_eq!(run_count(&app).await, 2, "refused batches start nothing");
+}
+
+#[sqlx::test(migrations = false)]
 async fn an_oversized_step_result_is_refused_and_not_recorded(pool: PgPool) {
     let app = router(pool).await;
     let run = post(&app, "/v1/runs", json!({"workflow": "greet"})).await;

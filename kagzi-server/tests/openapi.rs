@@ -58,6 +58,7 @@ fn every_operation_documents_its_answers_and_errors() {
         ("/v1/runs/{id}/complete", "post"),
         ("/v1/runs/{id}/fail", "post"),
         ("/v1/reports", "post"),
+        ("/v1/runs/batch", "post"),
         ("/v1/workers", "post"),
         ("/v1/workers/{id}", "delete"),
         ("/v1/workers/{id}/heartbeat", "post"),

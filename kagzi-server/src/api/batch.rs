@@ -1,7 +1,8 @@
-//! Reports on many runs in one request: a worker with many runs in flight sends the step
-//! outcomes and completions that are ready at the same moment together, instead of one
-//! request each. Each report is checked, written and answered exactly as its own endpoint
-//! would (`POST /v1/runs/{id}/steps`, `POST /v1/runs/{id}/complete`).
+//! Many requests in one: a worker with many runs in flight sends the step outcomes and
+//! completions that are ready at the same moment together, and a client the starts it makes
+//! at the same moment, instead of one request each. Each item is checked, written and
+//! answered exactly as its own endpoint would (`POST /v1/runs/{id}/steps`,
+//! `POST /v1/runs/{id}/complete`, `POST /v1/runs`).
 
 use std::borrow::Cow;
 
@@ -16,6 +17,7 @@ use uuid::Uuid;
 use super::error::{ApiError, Problem, Result};
 use super::extract::Json;
 use super::reports::{CompleteBody, StepBody, completion, step_write};
+use super::runs::{StartRun, Started, start_run};
 use crate::model::Step;
 use crate::state::AppState;
 use crate::store::{Completion, StepWrite};
@@ -25,7 +27,99 @@ const MAX_REPORTS: usize = 256;
 
 /// The routes of this resource.
 pub(crate) fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
-    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(reports))
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(reports))
+        .routes(utoipa_axum::routes!(starts))
+}
+
+/// The most starts one batch may hold.
+const MAX_STARTS: usize = 256;
+
+/// `POST /v1/runs/batch` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"runs": [
+    {"workflow": "greet", "input": {"name": "World"}},
+    {"workflow": "greet", "input": {"name": "Kagzi"}, "idempotency_key": "greet-kagzi"}
+]}))]
+pub(crate) struct StartBatch {
+    /// The starts, each as `POST /v1/runs` takes it.
+    #[schema(min_items = 1, max_items = 256)]
+    runs: Vec<StartRun>,
+}
+
+/// `POST /v1/runs/batch` answer: one result per start, in the order of the request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"results": [
+    {"status": 201, "run": {"id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "status": "pending"}},
+    {"status": 422, "problem": {"type": "urn:kagzi:problem:invalid-body", "title": "Invalid request body", "status": 422, "detail": "workflow must not be empty"}}
+]}))]
+pub(crate) struct StartResults {
+    /// The results, in the order of the starts.
+    results: Vec<StartResult>,
+}
+
+/// How one start of a batch went.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct StartResult {
+    /// The status `POST /v1/runs` would have answered with: 201 for a new run, 200 for the
+    /// run an earlier start with the same idempotency key made, 4xx for a start refused
+    /// (nothing was started for it), 503 when the database could not be reached.
+    #[schema(example = 201)]
+    status: u16,
+    /// The run, for a start that was not refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<Started>,
+    /// For a start that was refused: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<Problem>,
+}
+
+/// Starts many runs in one request.
+///
+/// Each start is answered on its own, with the status and problem `POST /v1/runs` would
+/// answer: a start that is invalid (422), too large (413), names no parent (404) or
+/// reuses an idempotency key for other work (409) is refused alone, and nothing is
+/// started for it. A body that is not a batch of starts is refused whole.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/batch",
+    tag = "runs",
+    operation_id = "start_runs",
+    request_body = StartBatch,
+    responses(
+        (status = 200, description = "Each start's result, in order.", body = StartResults),
+    ),
+)]
+pub(crate) async fn starts(
+    State(state): State<AppState>,
+    Json(body): Json<StartBatch>,
+) -> Result<Json<StartResults>> {
+    let count = body.runs.len();
+    if count == 0 || count > MAX_STARTS {
+        return Err(ApiError::InvalidBody(format!(
+            "runs must hold 1 to {MAX_STARTS} starts, not {count}"
+        )));
+    }
+    let results = futures::future::join_all(body.runs.into_iter().map(|req| async {
+        match start_run(&state, req).await {
+            Ok((status, run)) => StartResult {
+                status: status.as_u16(),
+                run: Some(run),
+                problem: None,
+            },
+            Err(e) => {
+                let problem = e.to_problem();
+                StartResult {
+                    status: problem.status,
+                    run: None,
+                    problem: Some(problem),
+                }
+            }
+        }
+    }))
+    .await;
+    Ok(Json(StartResults { results }))
 }
 
 /// `POST /v1/reports` body.

@@ -105,7 +105,8 @@ fn default_queue() -> String {
 pub(crate) struct Started {
     /// The new run's id.
     id: RunId,
-    /// Always `pending`: the run waits for a worker.
+    /// `pending` for a new run (it waits for a worker); for the run an earlier start with
+    /// the same idempotency key made, its status now.
     status: RunStatus,
 }
 
@@ -147,6 +148,13 @@ async fn start(
     State(state): State<AppState>,
     Json(req): Json<StartRun>,
 ) -> Result<(StatusCode, Json<Started>)> {
+    let (status, started) = start_run(&state, req).await?;
+    Ok((status, Json(started)))
+}
+
+/// Checks a start and starts the run: 201 with the new run, or 200 with the run an earlier
+/// start with the same idempotency key made.
+pub(super) async fn start_run(state: &AppState, req: StartRun) -> Result<(StatusCode, Started)> {
     check_name("workflow", &req.workflow)?;
     check_name("queue", &req.queue)?;
     let bytes = check_payload("input", &req.input, state.config.max_payload_bytes)?;
@@ -214,19 +222,19 @@ async fn start(
         let run = state.store.get_run(created.id).await?;
         return Ok((
             StatusCode::OK,
-            Json(Started {
+            Started {
                 id: run.id,
                 status: run.status,
-            }),
+            },
         ));
     }
     tracing::debug!(run_id = %created.id, %workflow, "run started");
     Ok((
         StatusCode::CREATED,
-        Json(Started {
+        Started {
             id: created.id,
             status: RunStatus::Pending,
-        }),
+        },
     ))
 }
 
