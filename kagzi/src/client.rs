@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::batcher::MAX_BATCHED_BYTES;
 use crate::error::{Error, Result};
 use crate::http::{ApiKey, Call, Http, Retry};
 use crate::types::{Run, RunFilter, RunId, RunPage, RunStatus, Step};
@@ -69,7 +70,10 @@ impl ClientBuilder {
             &Call::get(http.url(&["healthz"])).timeout(Duration::from_secs(10)),
         )
         .await?;
-        Ok(Client { http })
+        // Starts made at the same moment travel together in one request.
+        Ok(Client {
+            http: http.with_starter(RETRY_BUDGET),
+        })
     }
 }
 
@@ -477,7 +481,19 @@ impl StartWorkflow {
         } else {
             Retry::Unsent(RETRY_BUDGET)
         };
-        let call = Call::post(self.http.url(&["v1", "runs"]), &body)?.retry(retry);
+        let body = serde_json::to_vec(&body)?;
+        if let Some(starter) = self.http.starter()
+            && body.len() <= MAX_BATCHED_BYTES
+        {
+            match starter.send(body.clone(), None).await {
+                Ok(started) => return Ok(serde_json::from_value::<Started>(started)?.id),
+                // A batch that failed as a whole may have reached the server; a keyed start
+                // is harmless to repeat, and is sent again on its own.
+                Err(Error::BatchFailed(_)) if matches!(retry, Retry::Transient(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let call = Call::post_json(self.http.url(&["v1", "runs"]), body).retry(retry);
         Ok(self.http.send::<Started>(&call).await?.id)
     }
 }

@@ -13,8 +13,8 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::http::Http;
-use crate::reporter::ReportKind;
+use crate::http::{Http, ReportKind};
+
 use crate::types::{RunId, Step, StepStatus};
 
 tokio::task_local! {

@@ -116,4 +116,9 @@ pub enum Error {
     /// is not completed, and its next attempt runs the step again.
     #[error("{0}")]
     Unreported(String),
+    /// A request sent together with others in one batch (a worker's report, a client's
+    /// start) could not be delivered: the batch failed as a whole, e.g. because the server
+    /// could not be reached. A start may or may not have been made.
+    #[error("batched request failed: {0}")]
+    BatchFailed(String),
 }

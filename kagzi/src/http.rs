@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::batcher::{Batcher, MAX_BATCHED_BYTES, REPORTS, STARTS};
 use crate::error::{Error, Result};
-use crate::reporter::{MAX_BATCHED_BYTES, ReportKind, Reporter};
 use crate::types::RunId;
 
 /// How long worker calls (polls, heartbeats, reports) keep retrying while the server is
@@ -59,6 +59,33 @@ impl Retry {
 }
 
 /// One request to send: method, URL, JSON body and how to treat failures.
+/// What a report is about: names its field in a batch and its own endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReportKind {
+    /// A step's outcome (`POST /v1/runs/{id}/steps`).
+    Step,
+    /// A run's completion (`POST /v1/runs/{id}/complete`).
+    Complete,
+}
+
+impl ReportKind {
+    /// The last path segment of its own endpoint.
+    fn path(self) -> &'static str {
+        match self {
+            ReportKind::Step => "steps",
+            ReportKind::Complete => "complete",
+        }
+    }
+
+    /// Its field in a batched report.
+    fn field(self) -> &'static str {
+        match self {
+            ReportKind::Step => "step",
+            ReportKind::Complete => "complete",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Call {
     method: Method,
@@ -167,7 +194,9 @@ pub(crate) struct Http {
     base: Url,
     api_key: ApiKey,
     /// Batches run reports, on a worker's `Http` (see [`Http::with_reporter`]).
-    reporter: Option<Reporter>,
+    reporter: Option<Batcher>,
+    /// Batches starts, on a client's `Http` (see [`Http::with_starter`]).
+    starter: Option<Batcher>,
 }
 
 impl fmt::Debug for Http {
@@ -202,19 +231,42 @@ impl Http {
             base,
             api_key,
             reporter: None,
+            starter: None,
         })
     }
 
     /// This client, sending run reports ([`Http::report`]) in batches from now on. Starts
     /// the batching task, which ends once the returned client and its clones are dropped.
     pub(crate) fn with_reporter(&self) -> Http {
-        let plain = Http {
-            reporter: None,
-            ..self.clone()
-        };
+        let retry = Retry::Transient(WORKER_RETRY_BUDGET);
         Http {
-            reporter: Some(Reporter::spawn(plain.clone())),
-            ..plain
+            reporter: Some(Batcher::spawn(self.plain(), REPORTS, retry)),
+            ..self.clone()
+        }
+    }
+
+    /// This client, sending the starts of [`Http::starter`] in batches. Starts the batching
+    /// task, which ends once the returned client and its clones are dropped. A batch is
+    /// retried only when it surely never reached the server (a start without an
+    /// idempotency key must not be made twice).
+    pub(crate) fn with_starter(&self, budget: Duration) -> Http {
+        Http {
+            starter: Some(Batcher::spawn(self.plain(), STARTS, Retry::Unsent(budget))),
+            ..self.clone()
+        }
+    }
+
+    /// The batcher for starts, if this client batches them.
+    pub(crate) fn starter(&self) -> Option<&Batcher> {
+        self.starter.as_ref()
+    }
+
+    /// This client without batchers, for a batching task to send with.
+    fn plain(&self) -> Http {
+        Http {
+            reporter: None,
+            starter: None,
+            ..self.clone()
         }
     }
 
@@ -233,17 +285,25 @@ impl Http {
         if let Some(reporter) = &self.reporter
             && body.len() <= MAX_BATCHED_BYTES
         {
-            let recorded = reporter.send(run_id, kind, &body).await?;
+            // In the batch: `{"run_id":"..","step":{..}}`.
+            let mut item = Vec::with_capacity(body.len() + 64);
+            item.extend_from_slice(b"{\"run_id\":\"");
+            item.extend_from_slice(run_id.to_string().as_bytes());
+            item.extend_from_slice(b"\",\"");
+            item.extend_from_slice(kind.field().as_bytes());
+            item.extend_from_slice(b"\":");
+            item.extend_from_slice(&body);
+            item.push(b'}');
+            let recorded = reporter.send(item, Some(run_id)).await?;
             return Ok(serde_json::from_value(recorded)?);
         }
         let run = run_id.to_string();
-        let call = Call::post_json(self.url(&["v1", "runs", &run, kind.name()]), body)
+        let call = Call::post_json(self.url(&["v1", "runs", &run, kind.path()]), body)
             .retry(Retry::Transient(WORKER_RETRY_BUDGET))
             .report(run_id);
         self.send(&call).await
     }
 
-    /// The URL of `segments` under the server's base URL; each segment is percent-encoded.
     pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         // `new` checked that the base can be a base, so this always succeeds.

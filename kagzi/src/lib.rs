@@ -82,11 +82,11 @@
 // Lets the macros' `::kagzi::...` paths resolve inside this crate too (unit and doc tests).
 extern crate self as kagzi;
 
+mod batcher;
 mod client;
 mod context;
 mod error;
 mod http;
-mod reporter;
 mod schedule;
 mod step;
 mod suspend;

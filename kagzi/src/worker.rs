@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use crate::context::{DeferredStep, JournalEntry, WorkflowContext};
 use crate::error::{Error, Result};
-use crate::http::{ApiKey, Call, Http, Retry, WORKER_RETRY_BUDGET};
-use crate::reporter::ReportKind;
+use crate::http::{ApiKey, Call, Http, ReportKind, Retry, WORKER_RETRY_BUDGET};
+
 use crate::types::RunId;
 use crate::workflow::Workflow;
 
