@@ -766,6 +766,82 @@ async fn with_api_keys_the_sdk_works_end_to_end(pool: sqlx::PgPool) {
     handle.await.expect("worker task").expect("worker stops");
 }
 
+/// Starts made at the same moment travel together, and reports from many runs too; each
+/// is still answered on its own.
+async fn many_starts_and_reports_at_once_are_each_answered_on_their_own(db: TestDb) {
+    let server = db.start_server().await;
+    let url = support::url(&server);
+    let client = Client::connect(&url).await.expect("client");
+    let starts = (0..200u64).map(|i| {
+        let client = client.clone();
+        async move {
+            let started = match i {
+                // An invalid start among valid ones is refused alone.
+                100 => client.workflow(" ", "many", json!(i)).await,
+                // Two starts with one idempotency key make one run.
+                150 | 151 => {
+                    client
+                        .workflow("double", "many", json!(150))
+                        .idempotency_key("one-run")
+                        .await
+                }
+                _ => client.workflow("double", "many", json!(i)).await,
+            };
+            (i, started)
+        }
+    });
+    let started: Vec<(u64, kagzi::Result<RunId>)> = futures::future::join_all(starts).await;
+    let mut ids = HashMap::new();
+    for (i, result) in started {
+        match (i, result) {
+            (100, Err(kagzi::Error::Api { status, detail, .. })) => {
+                assert_eq!(status, 422);
+                assert!(detail.contains("workflow must not be empty"), "{detail}");
+            }
+            (100, other) => panic!("the invalid start was not refused: {other:?}"),
+            (i, Ok(id)) => {
+                ids.insert(i, id);
+            }
+            (i, Err(e)) => panic!("start {i} failed: {e}"),
+        }
+    }
+    assert_eq!(ids.len(), 199);
+    assert_eq!(ids[&150], ids[&151], "one run per idempotency key");
+    let distinct: std::collections::HashSet<RunId> = ids.values().copied().collect();
+    assert_eq!(distinct.len(), 198);
+
+    let mut worker = Worker::builder(&url, "many")
+        .max_concurrent(50)
+        .build()
+        .await
+        .expect("worker");
+    worker.register("double", |ctx: WorkflowContext, i: u64| async move {
+        let doubled: u64 = ctx.run("double", async move { Ok(i * 2) }).await?;
+        let plus: u64 = ctx.run("plus", async move { Ok(doubled + 1) }).await?;
+        Ok(plus)
+    });
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    for (i, id) in ids.iter().filter(|(i, _)| **i != 151) {
+        let run = client
+            .wait(*id, Duration::from_secs(60))
+            .await
+            .expect("run ends");
+        assert_eq!(run.status, RunStatus::Completed, "run {i}: {:?}", run.error);
+        assert_eq!(run.output, Some(json!(i * 2 + 1)), "run {i}");
+        assert_eq!(
+            completed_keys(&client, *id).await,
+            vec!["double", "plus"],
+            "run {i} recorded each step once"
+        );
+    }
+    stop.shutdown();
+    running
+        .await
+        .expect("worker task")
+        .expect("worker stops cleanly");
+}
+
 both_stores!(
     a_workflow_runs_step_by_step_and_returns_its_typed_output,
     a_failed_run_is_retried_without_rerunning_finished_steps,
@@ -774,4 +850,5 @@ both_stores!(
     a_killed_worker_process_is_replaced_and_finished_steps_run_exactly_once,
     a_server_restart_with_100_runs_in_flight_loses_nothing,
     the_simple_example_runs_against_a_real_server,
+    many_starts_and_reports_at_once_are_each_answered_on_their_own,
 );
