@@ -14,7 +14,6 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::http::{Http, ReportKind};
-
 use crate::types::{RunId, Step, StepStatus};
 
 tokio::task_local! {

@@ -58,7 +58,6 @@ impl Retry {
     }
 }
 
-/// One request to send: method, URL, JSON body and how to treat failures.
 /// What a report is about: names its field in a batch and its own endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReportKind {
@@ -86,6 +85,7 @@ impl ReportKind {
     }
 }
 
+/// One request to send: method, URL, JSON body and how to treat failures.
 #[derive(Debug)]
 pub(crate) struct Call {
     method: Method,
@@ -126,14 +126,14 @@ impl Call {
         Ok(call)
     }
 
-    /// A `PATCH` request with a JSON body.
-    /// A POST of a body that is already JSON.
+    /// A `POST` request with a body that is already JSON.
     pub(crate) fn post_json(url: Url, body: Vec<u8>) -> Self {
         let mut call = Call::new(Method::POST, url);
         call.body = Some(body);
         call
     }
 
+    /// A `PATCH` request with a JSON body.
     pub(crate) fn patch(url: Url, body: &impl Serialize) -> Result<Self> {
         let mut call = Call::new(Method::PATCH, url);
         call.body = Some(serde_json::to_vec(body)?);
@@ -245,10 +245,10 @@ impl Http {
         }
     }
 
-    /// This client, sending the starts of [`Http::starter`] in batches. Starts the batching
+    /// This client, with a batcher for starts ([`Http::starter`]). Starts the batching
     /// task, which ends once the returned client and its clones are dropped. A batch is
     /// retried only when it surely never reached the server (a start without an
-    /// idempotency key must not be made twice).
+    /// idempotency key must not be made twice), for up to `budget`.
     pub(crate) fn with_starter(&self, budget: Duration) -> Http {
         Http {
             starter: Some(Batcher::spawn(self.plain(), STARTS, Retry::Unsent(budget))),
@@ -304,6 +304,7 @@ impl Http {
         self.send(&call).await
     }
 
+    /// The URL of `segments` under the server's base URL; each segment is percent-encoded.
     pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         // `new` checked that the base can be a base, so this always succeeds.

@@ -22,7 +22,6 @@ use uuid::Uuid;
 use crate::context::{DeferredStep, JournalEntry, WorkflowContext};
 use crate::error::{Error, Result};
 use crate::http::{ApiKey, Call, Http, ReportKind, Retry, WORKER_RETRY_BUDGET};
-
 use crate::types::RunId;
 use crate::workflow::Workflow;
 
