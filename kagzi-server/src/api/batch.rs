@@ -95,12 +95,7 @@ pub(crate) async fn starts(
     State(state): State<AppState>,
     Json(body): Json<StartBatch>,
 ) -> Result<Json<StartResults>> {
-    let count = body.runs.len();
-    if count == 0 || count > MAX_STARTS {
-        return Err(ApiError::InvalidBody(format!(
-            "runs must hold 1 to {MAX_STARTS} starts, not {count}"
-        )));
-    }
+    check_size("runs", "starts", body.runs.len(), MAX_STARTS)?;
     let results = futures::future::join_all(body.runs.into_iter().map(|req| async {
         match start_run(&state, req).await {
             Ok((status, run)) => StartResult {
@@ -274,12 +269,7 @@ pub(crate) async fn reports(
     State(state): State<AppState>,
     Json(body): Json<ReportBatch>,
 ) -> Result<Json<ReportResults>> {
-    let count = body.reports.len();
-    if count == 0 || count > MAX_REPORTS {
-        return Err(ApiError::InvalidBody(format!(
-            "reports must hold 1 to {MAX_REPORTS} reports, not {count}"
-        )));
-    }
+    check_size("reports", "reports", body.reports.len(), MAX_REPORTS)?;
     let checked =
         body.reports
             .into_iter()
@@ -313,4 +303,14 @@ pub(crate) async fn reports(
     }))
     .await;
     Ok(Json(ReportResults { results }))
+}
+
+/// Refuses a batch whose list `field` holds no items or more than `max`.
+fn check_size(field: &str, items: &str, count: usize, max: usize) -> Result<()> {
+    if count == 0 || count > max {
+        return Err(ApiError::InvalidBody(format!(
+            "{field} must hold 1 to {max} {items}, not {count}"
+        )));
+    }
+    Ok(())
 }
