@@ -86,15 +86,25 @@ st_run() {
     "$@"
 }
 
-# A cron expression or time zone can be well-formed by the schema yet mean nothing (a 422
-# that says what is wrong): for the two schedule operations that take one, every check but
-# "a schema-valid request is accepted" applies.
-schedule_ops=(--include-operation-id create_schedule --include-operation-id update_schedule)
+# Some schema-valid requests are refused with a 422 that says what is wrong, and for these
+# operations every check but "a schema-valid request is accepted" applies:
+# - a cron expression or time zone can be well-formed by the schema yet mean nothing (the
+#   two schedule operations that take one);
+# - a batch carries many arbitrary JSON payloads, and a payload with U+0000 in a string
+#   (which PostgreSQL cannot store) refuses the batch, naming the item, as its own route
+#   refuses it; with dozens of generated payloads per batch, schemathesis makes one nearly
+#   every time.
+lenient_ops=(create_schedule update_schedule report_batch start_runs)
+include=() exclude=()
+for op in "${lenient_ops[@]}"; do
+  include+=(--include-operation-id "$op")
+  exclude+=(--exclude-operation-id "$op")
+done
 echo "--- schemathesis $SCHEMATHESIS_VERSION against http://127.0.0.1:$port ($max_examples examples per operation)"
 status=0
-st_run --exclude-operation-id create_schedule --exclude-operation-id update_schedule || status=$?
-echo "--- schemathesis: the schedule operations that take a cron expression"
-st_run "${schedule_ops[@]}" --exclude-checks positive_data_acceptance || status=$?
+st_run "${exclude[@]}" || status=$?
+echo "--- schemathesis: schedules (cron expressions) and batches (many payloads)"
+st_run "${include[@]}" --exclude-checks positive_data_acceptance || status=$?
 
 if grep -qiE 'panicked|request failed|ERROR' "$log"; then
   echo "--- the server logged errors:" >&2

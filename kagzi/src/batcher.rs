@@ -3,13 +3,15 @@
 //! instead of one request each. There is no timer: a request goes out at once when no batch
 //! is in flight, and otherwise joins the next batch, which leaves as soon as the one in
 //! flight is answered. Each item is answered on its own, as its own endpoint would answer
-//! it, once the server has written it.
+//! it, once the server has written it. A batch the server refuses whole (an item it would
+//! refuse as invalid or too large, which writes nothing) is sent again item by item, so
+//! each item still gets its own answer.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::http::{Call, Http, Retry, refusal};
 use crate::types::RunId;
 
@@ -53,13 +55,30 @@ pub(crate) struct Batcher {
     queue: mpsc::Sender<Queued>,
 }
 
+/// Why a batched item has no answer of its own.
+#[derive(Debug)]
+pub(crate) enum Unbatched {
+    /// The server refused the batch whole before writing anything (an item failed a check,
+    /// or the server has no batch route): send the item on its own, where it gets its own
+    /// answer.
+    SendAlone,
+    /// The item was refused, or the batch failed (then [`Error::BatchFailed`]).
+    Error(Error),
+}
+
+impl From<Error> for Unbatched {
+    fn from(error: Error) -> Self {
+        Unbatched::Error(error)
+    }
+}
+
 /// An item waiting for its batch, with where its answer goes.
 struct Queued {
     /// The item's JSON, as it appears in the batch.
     json: Vec<u8>,
     /// For a report: the run it is on (a 409 then means its lease is lost).
     report: Option<RunId>,
-    answer: oneshot::Sender<Result<Value>>,
+    answer: oneshot::Sender<Result<Value, Unbatched>>,
 }
 
 impl Batcher {
@@ -72,15 +91,23 @@ impl Batcher {
     }
 
     /// Sends `json` in the next batch and returns the item's answer (`null` if it has
-    /// none). A batch that fails as a whole is [`Error::BatchFailed`] for each item.
-    pub(crate) async fn send(&self, json: Vec<u8>, report: Option<RunId>) -> Result<Value> {
+    /// none).
+    pub(crate) async fn send(
+        &self,
+        json: Vec<u8>,
+        report: Option<RunId>,
+    ) -> Result<Value, Unbatched> {
         let (answer, answered) = oneshot::channel();
         let queued = Queued {
             json,
             report,
             answer,
         };
-        let stopped = || Error::BatchFailed("the batch sender has stopped".to_owned());
+        let stopped = || {
+            Unbatched::Error(Error::BatchFailed(
+                "the batch sender has stopped".to_owned(),
+            ))
+        };
         if self.queue.send(queued).await.is_err() {
             return Err(stopped());
         }
@@ -155,16 +182,36 @@ async fn send(http: &Http, endpoint: Endpoint, retry: Retry, batch: Vec<Queued>,
                 batch.len()
             );
             for queued in batch {
-                let _ = queued.answer.send(Err(Error::BatchFailed(detail.clone())));
+                let failed = Error::BatchFailed(detail.clone());
+                let _ = queued.answer.send(Err(failed.into()));
+            }
+        }
+        Err(error) if refused_whole(&error) => {
+            for queued in batch {
+                let _ = queued.answer.send(Err(Unbatched::SendAlone));
             }
         }
         Err(error) => {
             let detail = error.to_string();
             for queued in batch {
-                let _ = queued.answer.send(Err(Error::BatchFailed(detail.clone())));
+                let failed = Error::BatchFailed(detail.clone());
+                let _ = queued.answer.send(Err(failed.into()));
             }
         }
     }
+}
+
+/// Whether the server refused a batch whole, writing nothing: an item it would refuse on
+/// its own route as invalid or too large, or no batch route at all (an older server).
+fn refused_whole(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::PayloadTooLarge { .. }
+            | Error::Api {
+                status: 400 | 404 | 405 | 413 | 415 | 422,
+                ..
+            }
+    )
 }
 
 /// One item's result: its answer when accepted, else the error its own endpoint's refusal
@@ -173,7 +220,7 @@ fn item_answer(
     endpoint: Endpoint,
     mut result: Map<String, Value>,
     report: Option<RunId>,
-) -> Result<Value> {
+) -> Result<Value, Unbatched> {
     let status = result
         .get("status")
         .and_then(Value::as_u64)
@@ -196,5 +243,5 @@ fn item_answer(
             .unwrap_or("error")
             .to_owned()
     });
-    Err(refusal(status, title, detail, report))
+    Err(refusal(status, title, detail, report).into())
 }

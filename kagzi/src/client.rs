@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::batcher::MAX_BATCHED_BYTES;
+use crate::batcher::{MAX_BATCHED_BYTES, Unbatched};
 use crate::error::{Error, Result};
 use crate::http::{ApiKey, Call, Http, Retry};
 use crate::types::{Run, RunFilter, RunId, RunPage, RunStatus, Step};
@@ -487,10 +487,13 @@ impl StartWorkflow {
         {
             match starter.send(body.clone(), None).await {
                 Ok(started) => return Ok(serde_json::from_value::<Started>(started)?.id),
+                // Refused whole, nothing started: on its own it gets its own answer.
+                Err(Unbatched::SendAlone) => {}
                 // A batch that failed as a whole may have reached the server; a keyed start
                 // is harmless to repeat, and is sent again on its own.
-                Err(Error::BatchFailed(_)) if matches!(retry, Retry::Transient(_)) => {}
-                Err(e) => return Err(e),
+                Err(Unbatched::Error(Error::BatchFailed(_)))
+                    if matches!(retry, Retry::Transient(_)) => {}
+                Err(Unbatched::Error(e)) => return Err(e),
             }
         }
         let call = Call::post_json(self.http.url(&["v1", "runs"]), body).retry(retry);

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::batcher::{Batcher, MAX_BATCHED_BYTES, REPORTS, STARTS};
+use crate::batcher::{Batcher, MAX_BATCHED_BYTES, REPORTS, STARTS, Unbatched};
 use crate::error::{Error, Result};
 use crate::types::RunId;
 
@@ -294,8 +294,12 @@ impl Http {
             item.extend_from_slice(b"\":");
             item.extend_from_slice(&body);
             item.push(b'}');
-            let recorded = reporter.send(item, Some(run_id)).await?;
-            return Ok(serde_json::from_value(recorded)?);
+            match reporter.send(item, Some(run_id)).await {
+                Ok(recorded) => return Ok(serde_json::from_value(recorded)?),
+                // Refused whole, nothing written: on its own it gets its own answer.
+                Err(Unbatched::SendAlone) => {}
+                Err(Unbatched::Error(e)) => return Err(e),
+            }
         }
         let run = run_id.to_string();
         let call = Call::post_json(self.url(&["v1", "runs", &run, kind.path()]), body)

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::error::{ApiError, Problem, Result};
 use super::extract::Json;
 use super::reports::{CompleteBody, StepBody, completion, step_write};
-use super::runs::{StartRun, Started, start_run};
+use super::runs::{StartRun, Started, check_start, start_checked};
 use crate::model::Step;
 use crate::state::AppState;
 use crate::store::{Completion, StepWrite};
@@ -63,8 +63,8 @@ pub(crate) struct StartResults {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct StartResult {
     /// The status `POST /v1/runs` would have answered with: 201 for a new run, 200 for the
-    /// run an earlier start with the same idempotency key made, 4xx for a start refused
-    /// (nothing was started for it), 503 when the database could not be reached.
+    /// run an earlier start with the same idempotency key made, 404 or 409 for a start
+    /// refused (nothing was started for it), 503 when the database could not be reached.
     #[schema(example = 201)]
     status: u16,
     /// The run, for a start that was not refused.
@@ -77,10 +77,11 @@ pub(crate) struct StartResult {
 
 /// Starts many runs in one request.
 ///
-/// Each start is answered on its own, with the status and problem `POST /v1/runs` would
-/// answer: a start that is invalid (422), too large (413), names no parent (404) or
-/// reuses an idempotency key for other work (409) is refused alone, and nothing is
-/// started for it. A body that is not a batch of starts is refused whole.
+/// Every start is checked first: one that `POST /v1/runs` would refuse as invalid (422) or
+/// too large (413) refuses the whole batch, naming it (`runs[3]: ...`), and nothing is
+/// started. Then each start is made and answered on its own, with the status and problem
+/// `POST /v1/runs` would answer: one whose parent does not exist (404) or whose idempotency
+/// key belongs to other work (409) is refused alone.
 #[utoipa::path(
     post,
     path = "/v1/runs/batch",
@@ -96,8 +97,14 @@ pub(crate) async fn starts(
     Json(body): Json<StartBatch>,
 ) -> Result<Json<StartResults>> {
     check_size("runs", "starts", body.runs.len(), MAX_STARTS)?;
-    let results = futures::future::join_all(body.runs.into_iter().map(|req| async {
-        match start_run(&state, req).await {
+    let mut checked = Vec::with_capacity(body.runs.len());
+    for (i, req) in body.runs.into_iter().enumerate() {
+        let bytes = check_start(&state, &req).map_err(|e| e.within(&format!("runs[{i}]")))?;
+        checked.push((req, bytes));
+    }
+    let state = &state;
+    let results = futures::future::join_all(checked.into_iter().map(|(req, bytes)| async move {
+        match start_checked(state, req, bytes).await {
             Ok((status, run)) => StartResult {
                 status: status.as_u16(),
                 run: Some(run),
@@ -210,9 +217,8 @@ pub(crate) struct ReportResults {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ReportResult {
     /// The status its own endpoint would have answered with: 200 when recorded; 409 when
-    /// the run is not held under the report's lease (drop the run); 413 or 422 for a report
-    /// that is too large or invalid; 503 when the database could not be reached (send the
-    /// report again).
+    /// the run is not held under the report's lease (drop the run); 503 when the database
+    /// could not be reached (send the report again).
     #[schema(example = 200)]
     status: u16,
     /// For a step report that was recorded: the step as recorded (for a key that was
@@ -251,10 +257,11 @@ enum Checked {
 
 /// Records step outcomes and completions of many runs in one request.
 ///
-/// Each report is on a run held under its own lease, and is answered on its own, with the
-/// status and problem its own endpoint would answer: a report whose lease is gone (409),
-/// whose payload is over the limit (413) or that is invalid (422) is refused alone, and
-/// nothing is written for it. A body that is not a batch of reports is refused whole.
+/// Every report is checked first: one that its own endpoint would refuse as invalid (422)
+/// or too large (413) refuses the whole batch, naming it (`reports[3]: ...`), and nothing
+/// is written. Then each report is written under its run's lease and answered on its own,
+/// with the status and problem its own endpoint would answer: one whose lease is gone
+/// (409) is refused alone.
 #[utoipa::path(
     post,
     path = "/v1/reports",
@@ -270,30 +277,28 @@ pub(crate) async fn reports(
     Json(body): Json<ReportBatch>,
 ) -> Result<Json<ReportResults>> {
     check_size("reports", "reports", body.reports.len(), MAX_REPORTS)?;
-    let checked =
-        body.reports
-            .into_iter()
-            .map(|report| match (report.step, report.complete) {
-                (Some(step), None) => {
-                    step_write(&state, report.run_id, step).map(|(w, b)| Checked::Step(w, b))
-                }
-                (None, Some(complete)) => completion(&state, report.run_id, complete)
-                    .map(|(c, b)| Checked::Complete(c, b)),
-                _ => Err(ApiError::InvalidBody(
-                    "give exactly one of `step` and `complete`".to_owned(),
-                )),
-            });
-    let results = futures::future::join_all(checked.map(|report| async {
-        match report {
-            // Refused as its own endpoint would refuse it; nothing written for it.
-            Err(e) => ReportResult::refused(&e),
-            Ok(Checked::Step(write, bytes)) => {
-                match state.reports.steps.submit(write, bytes).await {
-                    Ok(step) => ReportResult::recorded(Some(step)),
-                    Err(e) => ReportResult::refused(&e.into()),
-                }
+    let mut checked = Vec::with_capacity(body.reports.len());
+    for (i, report) in body.reports.into_iter().enumerate() {
+        let check = match (report.step, report.complete) {
+            (Some(step), None) => {
+                step_write(&state, report.run_id, step).map(|(w, b)| Checked::Step(w, b))
             }
-            Ok(Checked::Complete(completion, bytes)) => {
+            (None, Some(complete)) => {
+                completion(&state, report.run_id, complete).map(|(c, b)| Checked::Complete(c, b))
+            }
+            _ => Err(ApiError::InvalidBody(
+                "give exactly one of `step` and `complete`".to_owned(),
+            )),
+        };
+        checked.push(check.map_err(|e| e.within(&format!("reports[{i}]")))?);
+    }
+    let results = futures::future::join_all(checked.into_iter().map(|report| async {
+        match report {
+            Checked::Step(write, bytes) => match state.reports.steps.submit(write, bytes).await {
+                Ok(step) => ReportResult::recorded(Some(step)),
+                Err(e) => ReportResult::refused(&e.into()),
+            },
+            Checked::Complete(completion, bytes) => {
                 match state.reports.completions.submit(completion, bytes).await {
                     Ok(_) => ReportResult::recorded(None),
                     Err(e) => ReportResult::refused(&e.into()),

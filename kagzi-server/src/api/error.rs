@@ -157,6 +157,19 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// This error about one part of the request (`reports[3]`): its detail names the part.
+    pub(crate) fn within(self, part: &str) -> Self {
+        match self {
+            Self::BadRequest(detail) => Self::BadRequest(format!("{part}: {detail}")),
+            Self::InvalidBody(detail) => Self::InvalidBody(format!("{part}: {detail}")),
+            Self::PayloadTooLarge { what, limit } => Self::PayloadTooLarge {
+                what: format!("{part}: {what}"),
+                limit,
+            },
+            other => other,
+        }
+    }
+
     /// The problem document this error answers with. Internals of 5xx errors are logged
     /// here, not shown.
     pub(crate) fn to_problem(&self) -> Problem {

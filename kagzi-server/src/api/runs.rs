@@ -155,6 +155,12 @@ async fn start(
 /// Checks a start and starts the run: 201 with the new run, or 200 with the run an earlier
 /// start with the same idempotency key made.
 pub(super) async fn start_run(state: &AppState, req: StartRun) -> Result<(StatusCode, Started)> {
+    let bytes = check_start(state, &req)?;
+    start_checked(state, req, bytes).await
+}
+
+/// Checks a start without looking at the database; answers with the bytes its input takes.
+pub(super) fn check_start(state: &AppState, req: &StartRun) -> Result<usize> {
     check_name("workflow", &req.workflow)?;
     check_name("queue", &req.queue)?;
     let bytes = check_payload("input", &req.input, state.config.max_payload_bytes)?;
@@ -188,6 +194,15 @@ pub(super) async fn start_run(state: &AppState, req: StartRun) -> Result<(Status
             "retry_policy.backoff_coefficient must be a number of at least 1".to_owned(),
         ));
     }
+    Ok(bytes)
+}
+
+/// Starts a run that [`check_start`] accepted (`bytes`: its input's size).
+pub(super) async fn start_checked(
+    state: &AppState,
+    req: StartRun,
+    bytes: usize,
+) -> Result<(StatusCode, Started)> {
     if let Some(parent) = req.parent_id {
         match state.store.get_run(parent).await {
             Ok(_) => {}
