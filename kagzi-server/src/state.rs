@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::group_commit::Reports;
+use crate::engine::known_workers::KnownWorkers;
 use crate::engine::wakeup::Wakeups;
 use crate::store::{Backoff, Store};
 
@@ -23,6 +24,8 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// Writes starts, step reports and completions in batches (group commit).
     pub reports: Reports,
+    /// The registrations of workers that polled this server.
+    pub workers: KnownWorkers,
     /// Local waiters for queues and runs.
     pub wakeups: Arc<Wakeups>,
     /// The server's configuration.
@@ -46,6 +49,7 @@ impl AppState {
         Self(Arc::new(Shared {
             reports: Reports::start(&store),
             store,
+            workers: KnownWorkers::default(),
             wakeups: Arc::new(Wakeups::default()),
             config: Arc::new(config),
             shutdown: CancellationToken::new(),

@@ -236,7 +236,7 @@ async fn poll(
         )));
     }
     let wait = wait.min(state.config.long_poll_max());
-    let worker = state.store.get_worker(WorkerId(id)).await?;
+    let worker = state.workers.get(&*state.store, WorkerId(id)).await?;
     let deadline = tokio::time::Instant::now() + wait;
     let recheck = Duration::from_millis(state.config.poll_recheck_ms);
     let lease = chrono::Duration::from_std(state.config.lease()).unwrap_or_default();
