@@ -247,6 +247,12 @@ async fn unknown_runs_routes_and_methods_are_problems(pool: PgPool) {
     );
     let cancel = post(&app, &format!("/v1/runs/{id}/cancel"), json!({})).await;
     assert_problem(&cancel, StatusCode::NOT_FOUND, id);
+    // A worker that never registered, asked twice (the server keeps only registrations it
+    // found).
+    for _ in 0..2 {
+        let poll = post(&app, &format!("/v1/workers/{id}/poll"), json!({"max": 1})).await;
+        assert_problem(&poll, StatusCode::NOT_FOUND, id);
+    }
     assert_problem(
         &get(&app, "/v1/runs/not-a-uuid").await,
         StatusCode::BAD_REQUEST,
@@ -472,6 +478,83 @@ async fn a_batch_of_reports_is_answered_report_by_report(pool: PgPool) {
         get(&app, &format!("/v1/runs/{c}")).await.body["output"],
         "c"
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn completions_written_together_record_their_steps_first_write_wins(pool: PgPool) {
+    let app = router(pool).await;
+    let runs = claimed_runs(&app, 5).await;
+    let [
+        (a, a_token),
+        (b, b_token),
+        (c, c_token),
+        (d, _),
+        (e, e_token),
+    ] = &runs[..]
+    else {
+        panic!("five runs");
+    };
+    // Before the completions: `a` has a failed attempt of step `f`, `b` has step `s` recorded.
+    let failed = json!({"lease_token": a_token, "key": "f", "position": 0, "status": "failed", "error": "boom"});
+    assert_eq!(
+        post(&app, &format!("/v1/runs/{a}/steps"), failed)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let first = json!({"lease_token": b_token, "key": "s", "position": 0, "status": "completed", "output": "first"});
+    assert_eq!(
+        post(&app, &format!("/v1/runs/{b}/steps"), first)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let batch = json!({"reports": [
+        {"run_id": a, "complete": {"lease_token": a_token, "output": "a", "steps": [
+            {"key": "f", "position": 0, "output": "fixed"}, {"key": "g", "position": 1, "output": 2}]}},
+        {"run_id": b, "complete": {"lease_token": b_token, "output": "b", "steps": [
+            {"key": "s", "position": 0, "output": "second"}]}},
+        {"run_id": c, "complete": {"lease_token": c_token, "output": "c", "steps": [
+            {"key": "x", "position": 0, "output": 1}, {"key": "x", "position": 0, "output": 2}]}},
+        {"run_id": d, "complete": {"lease_token": uuid::Uuid::new_v4(), "output": "d", "steps": [
+            {"key": "s", "position": 0, "output": "zombie"}]}},
+        {"run_id": e, "complete": {"lease_token": e_token, "output": "e"}}
+    ]});
+    let answer = post(&app, "/v1/reports", batch).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let statuses: Vec<&Value> = answer.body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| &r["status"])
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 409, 200], "{}", answer.body);
+
+    // A failed step is overwritten, a recorded one kept (first write wins), a key given twice
+    // recorded once; the stale lease wrote nothing and ended nothing.
+    assert_eq!(
+        step_outputs(&app, a).await,
+        vec![(json!("f"), json!("fixed")), (json!("g"), json!(2))]
+    );
+    assert_eq!(
+        step_outputs(&app, b).await,
+        vec![(json!("s"), json!("first"))]
+    );
+    assert_eq!(step_outputs(&app, c).await, vec![(json!("x"), json!(1))]);
+    assert_eq!(step_outputs(&app, d).await, vec![]);
+    assert_eq!(step_outputs(&app, e).await, vec![]);
+    for (id, status, output) in [
+        (a, "completed", json!("a")),
+        (b, "completed", json!("b")),
+        (c, "completed", json!("c")),
+        (d, "running", Value::Null),
+        (e, "completed", json!("e")),
+    ] {
+        let run = get(&app, &format!("/v1/runs/{id}")).await;
+        assert_eq!(run.body["status"], status, "{id}: {}", run.body);
+        assert_eq!(run.body["output"], output, "{id}: {}", run.body);
+    }
 }
 
 #[sqlx::test(migrations = false)]

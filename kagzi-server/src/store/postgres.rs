@@ -647,39 +647,18 @@ impl Store for PgStore {
         completions: &[Completion],
         now: DateTime<Utc>,
     ) -> Vec<Result<Run>> {
-        // One statement (and commit) for the first completion of each run without a parent;
-        // a child run (its parent may need waking in the same transaction), a repeated run in
-        // the batch, a completion the batch could not place (lease lost) and a failed batch
-        // fall back to `complete_run`, which says precisely why.
+        // One statement (and commit) for the first completion of each run without a parent,
+        // with the steps it carries; a child run (its parent may need waking in the same
+        // transaction), a repeated run or step key in the batch, a completion the batch could
+        // not place (lease lost, a carried step it could not record) and a failed batch fall
+        // back to `complete_with_steps`, which says precisely why.
         let mut seen = HashSet::with_capacity(completions.len());
         let firsts: Vec<usize> = (0..completions.len())
-            .filter(|&i| seen.insert(completions[i].run))
-            .collect();
-        // The steps the completions carry, all in one statement first; a completion whose
-        // steps were not all placed goes the single way (which records them one by one).
-        let carried: Vec<StepWrite> = firsts
-            .iter()
-            .flat_map(|&i| {
+            .filter(|&i| {
                 let c = &completions[i];
-                c.steps.iter().map(|report| StepWrite {
-                    run: c.run,
-                    lease_token: c.lease_token,
-                    report: report.clone(),
-                })
+                let mut keys = HashSet::with_capacity(c.steps.len());
+                seen.insert(c.run) && c.steps.iter().all(|s| keys.insert(s.key.as_str()))
             })
-            .collect();
-        let mut unplaced: HashSet<RunId> = HashSet::new();
-        if !carried.is_empty() {
-            let recorded = self.record_steps_batch(&carried, now).await;
-            for (write, step) in carried.iter().zip(recorded) {
-                if step.is_none() {
-                    unplaced.insert(write.run);
-                }
-            }
-        }
-        let firsts: Vec<usize> = firsts
-            .into_iter()
-            .filter(|&i| !unplaced.contains(&completions[i].run))
             .collect();
         let mut placed: Vec<Option<Run>> = vec![None; completions.len()];
         if !firsts.is_empty() {
@@ -1420,35 +1399,76 @@ impl PgStore {
         Ok(rows.into_iter().map(|row| (row.ord, row.step)).collect())
     }
 
-    /// Completes a batch of distinct runs that have no parent, each under its lease, in one
-    /// statement, and notifies their result waiters. Returns `(1-based position in the
-    /// batch, completed run)` for each run it completed.
+    /// Completes a batch of distinct runs that have no parent, each under its lease, with the
+    /// steps each carries (distinct keys per run; first write wins), in one statement, and
+    /// notifies their result waiters. Returns `(1-based position in the batch, completed
+    /// run)` for each run it completed.
+    ///
+    /// A run completes only with every step it carries recorded: the statement locks each
+    /// held run first, and once its insert (or its conflict with an earlier record, which it
+    /// waits for if that is still being written) is done, every carried key of a held run has
+    /// its record. Anything else fails the whole statement, and nothing is written.
     async fn complete_batch(
         &self,
         batch: &[&Completion],
         now: DateTime<Utc>,
     ) -> Result<Vec<(i64, Run)>> {
+        let carried: Vec<(RunId, &StepReport)> = batch
+            .iter()
+            .flat_map(|c| c.steps.iter().map(|step| (c.run, step)))
+            .collect();
         let done: Vec<Ended> = sqlx::query_as(concat!(
             r"with input as (
                   select * from unnest($1::uuid[], $2::uuid[], $3::jsonb[])
                       with ordinality as i(id, lease_token, output, ord)
               ),
+              carried as (
+                  select * from unnest($4::uuid[], $5::text[], $6::int4[], $7::text[],
+                                       $8::jsonb[], $9::text[], $10::int4[])
+                      as c(run_id, key, position, status, output, error, attempts)
+              ),
+              held as (
+                  select r.id from input i join kagzi.runs r on r.id = i.id
+                  where r.lease_token = i.lease_token and r.status = 'running'
+                    and r.lease_expires_at > $11 and r.parent_id is null
+                  order by r.id
+                  for no key update of r
+              ),
+              written as (
+                  insert into kagzi.steps
+                      (run_id, key, position, status, output, error, attempts, created_at, finished_at)
+                  select c.run_id, c.key, c.position, c.status, c.output, c.error, c.attempts,
+                         $11, $11
+                  from carried c join held h on h.id = c.run_id
+                  on conflict (run_id, key) do update
+                      set position = excluded.position, status = excluded.status,
+                          output = excluded.output, error = excluded.error,
+                          attempts = kagzi.steps.attempts + excluded.attempts,
+                          finished_at = excluded.finished_at
+                      where kagzi.steps.status = 'failed'
+              ),
               done as (
                   update kagzi.runs r
-                  set status = 'completed', output = i.output, error = null, finished_at = $4,
-                      updated_at = $4, lease_token = null, lease_expires_at = null
-                  from input i
-                  where r.id = i.id and r.lease_token = i.lease_token and r.status = 'running'
-                    and r.lease_expires_at > $4 and r.parent_id is null
+                  set status = 'completed', output = i.output, error = null, finished_at = $11,
+                      updated_at = $11, lease_token = null, lease_expires_at = null
+                  from input i join held h on h.id = i.id
+                  where r.id = i.id
                   returning r.*, i.ord
               )
               select ord, ",
             run_columns!(),
-            r", pg_notify($5, id::text)::text as notified from done"
+            r", pg_notify($12, id::text)::text as notified from done"
         ))
         .bind(batch.iter().map(|c| c.run).collect::<Vec<_>>())
         .bind(batch.iter().map(|c| c.lease_token).collect::<Vec<_>>())
         .bind(batch.iter().map(|c| Json(&c.output)).collect::<Vec<_>>())
+        .bind(carried.iter().map(|(run, _)| *run).collect::<Vec<_>>())
+        .bind(carried.iter().map(|(_, s)| s.key.as_str()).collect::<Vec<_>>())
+        .bind(carried.iter().map(|(_, s)| to_i32(s.position)).collect::<Vec<_>>())
+        .bind(carried.iter().map(|(_, s)| s.status.as_str()).collect::<Vec<_>>())
+        .bind(carried.iter().map(|(_, s)| s.output.as_ref().map(Json)).collect::<Vec<_>>())
+        .bind(carried.iter().map(|(_, s)| s.error.as_deref()).collect::<Vec<_>>())
+        .bind(carried.iter().map(|(_, s)| to_i32(s.attempts.max(1))).collect::<Vec<_>>())
         .bind(now)
         .bind(RUN_DONE_CHANNEL)
         .fetch_all(&self.pool)
