@@ -42,6 +42,20 @@ macro_rules! run_columns {
     };
 }
 
+/// First write wins for a step: an insert into `kagzi.steps` that meets a recorded step
+/// leaves it as it is, unless that record is a failed attempt, which the new one replaces
+/// (its attempts added up).
+macro_rules! step_first_write_wins {
+    () => {
+        " on conflict (run_id, key) do update \
+             set position = excluded.position, status = excluded.status, \
+                 output = excluded.output, error = excluded.error, \
+                 attempts = kagzi.steps.attempts + excluded.attempts, \
+                 finished_at = excluded.finished_at \
+             where kagzi.steps.status = 'failed' "
+    };
+}
+
 /// The columns of [`Schedule`].
 macro_rules! schedule_columns {
     () => {
@@ -528,7 +542,7 @@ impl Store for PgStore {
         report: &StepReport,
         now: DateTime<Utc>,
     ) -> Result<Step> {
-        let step = sqlx::query_as::<_, Step>(
+        let step = sqlx::query_as::<_, Step>(concat!(
             r"with lease as (
                   select id from kagzi.runs
                   where id = $1 and lease_token = $2 and status = 'running'
@@ -538,22 +552,17 @@ impl Store for PgStore {
               written as (
                   insert into kagzi.steps
                       (run_id, key, position, status, output, error, attempts, created_at, finished_at)
-                  select id, $4, $5, $6, $7, $8, $9, $3, $3 from lease
-                  on conflict (run_id, key) do update
-                      set position = excluded.position, status = excluded.status,
-                          output = excluded.output, error = excluded.error,
-                          attempts = kagzi.steps.attempts + excluded.attempts,
-                          finished_at = excluded.finished_at
-                      where kagzi.steps.status = 'failed'
-                  returning key, position, status, output, error, attempts, created_at, finished_at
+                  select id, $4, $5, $6, $7, $8, $9, $3, $3 from lease",
+            step_first_write_wins!(),
+            r"returning key, position, status, output, error, attempts, created_at, finished_at
               )
               select * from written
               union all
               select s.key, s.position, s.status, s.output, s.error, s.attempts, s.created_at,
                      s.finished_at
               from kagzi.steps s, lease
-              where s.run_id = $1 and s.key = $4 and not exists (select 1 from written)",
-        )
+              where s.run_id = $1 and s.key = $4 and not exists (select 1 from written)"
+        ))
         .bind(run)
         .bind(lease_token)
         .bind(now)
@@ -1346,7 +1355,7 @@ impl PgStore {
         batch: &[&StepWrite],
         now: DateTime<Utc>,
     ) -> Result<Vec<(i64, Step)>> {
-        let rows: Vec<Placed> = sqlx::query_as(
+        let rows: Vec<Placed> = sqlx::query_as(concat!(
             r"with input as (
                   select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[],
                                        $6::jsonb[], $7::text[], $8::int4[])
@@ -1364,14 +1373,9 @@ impl PgStore {
                   insert into kagzi.steps
                       (run_id, key, position, status, output, error, attempts, created_at, finished_at)
                   select i.run_id, i.key, i.position, i.status, i.output, i.error, i.attempts, $9, $9
-                  from input i join lease l on l.ord = i.ord
-                  on conflict (run_id, key) do update
-                      set position = excluded.position, status = excluded.status,
-                          output = excluded.output, error = excluded.error,
-                          attempts = kagzi.steps.attempts + excluded.attempts,
-                          finished_at = excluded.finished_at
-                      where kagzi.steps.status = 'failed'
-                  returning run_id, key, position, status, output, error, attempts, created_at,
+                  from input i join lease l on l.ord = i.ord",
+            step_first_write_wins!(),
+            r"returning run_id, key, position, status, output, error, attempts, created_at,
                             finished_at
               )
               select i.ord, w.key, w.position, w.status, w.output, w.error, w.attempts,
@@ -1383,8 +1387,8 @@ impl PgStore {
               from input i
               join lease l on l.ord = i.ord
               join kagzi.steps s on s.run_id = i.run_id and s.key = i.key
-              where not exists (select 1 from written w where w.run_id = i.run_id and w.key = i.key)",
-        )
+              where not exists (select 1 from written w where w.run_id = i.run_id and w.key = i.key)"
+        ))
         .bind(batch.iter().map(|w| w.run).collect::<Vec<_>>())
         .bind(batch.iter().map(|w| w.lease_token).collect::<Vec<_>>())
         .bind(batch.iter().map(|w| w.report.key.as_str()).collect::<Vec<_>>())
@@ -1439,14 +1443,9 @@ impl PgStore {
                       (run_id, key, position, status, output, error, attempts, created_at, finished_at)
                   select c.run_id, c.key, c.position, c.status, c.output, c.error, c.attempts,
                          $11, $11
-                  from carried c join held h on h.id = c.run_id
-                  on conflict (run_id, key) do update
-                      set position = excluded.position, status = excluded.status,
-                          output = excluded.output, error = excluded.error,
-                          attempts = kagzi.steps.attempts + excluded.attempts,
-                          finished_at = excluded.finished_at
-                      where kagzi.steps.status = 'failed'
-              ),
+                  from carried c join held h on h.id = c.run_id",
+            step_first_write_wins!(),
+            r"),
               done as (
                   update kagzi.runs r
                   set status = 'completed', output = i.output, error = null, finished_at = $11,
