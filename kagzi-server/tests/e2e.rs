@@ -545,9 +545,10 @@ async fn a_database_outage_with_runs_in_flight_loses_nothing(pool: sqlx::PgPool)
         .build()
         .await
         .expect("worker");
-    register_triple(&mut worker, Duration::from_millis(60));
-    let (stop, _handle) = support::spawn_worker(worker);
-
+    // 100 runs of three 150 ms steps, 20 at a time: at least 2.25 s of work, started before
+    // the worker so that the outages below (within the first second) find runs in flight
+    // however long the starts took.
+    register_triple(&mut worker, Duration::from_millis(150));
     let client = Client::connect(&url).await.expect("client");
     let mut ids = Vec::new();
     for n in 0..100u64 {
@@ -556,6 +557,7 @@ async fn a_database_outage_with_runs_in_flight_loses_nothing(pool: sqlx::PgPool)
             client.workflow("triple", "outage", n).await.expect("start"),
         ));
     }
+    let (stop, _handle) = support::spawn_worker(worker);
     let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
