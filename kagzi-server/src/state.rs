@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::engine::dispatch::Dispatcher;
 use crate::engine::group_commit::Reports;
 use crate::engine::known_workers::KnownWorkers;
 use crate::engine::wakeup::Wakeups;
@@ -26,6 +27,8 @@ pub struct Shared {
     pub reports: Reports,
     /// The registrations of workers that polled this server.
     pub workers: KnownWorkers,
+    /// The polls waiting on this server, for starts to be handed to directly.
+    pub dispatcher: Arc<Dispatcher>,
     /// Local waiters for queues and runs.
     pub wakeups: Arc<Wakeups>,
     /// The server's configuration.
@@ -46,11 +49,22 @@ impl AppState {
     /// State over `store` with `config`; starts the batch writers of reports on the current
     /// Tokio runtime.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
+        let (dispatcher, orphans) = Dispatcher::new();
+        let dispatcher = Arc::new(dispatcher);
+        let wakeups = Arc::new(Wakeups::default());
+        let lease = chrono::Duration::from_std(config.lease()).unwrap_or_default();
         Self(Arc::new(Shared {
-            reports: Reports::start(&store),
+            reports: Reports::start(
+                &store,
+                Arc::clone(&dispatcher),
+                orphans,
+                Arc::clone(&wakeups),
+                lease,
+            ),
             store,
             workers: KnownWorkers::default(),
-            wakeups: Arc::new(Wakeups::default()),
+            dispatcher,
+            wakeups,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
         }))

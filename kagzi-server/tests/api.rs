@@ -384,6 +384,105 @@ async fn the_worker_protocol_claims_records_and_fences(pool: PgPool) {
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
 }
 
+/// Registers a worker on the default queue for `workflows`; answers its id.
+async fn register(app: &Router, workflows: &[&str], capacity: u32) -> String {
+    let reg = json!({"queue": "default", "workflows": workflows, "capacity": capacity});
+    let worker = post(app, "/v1/workers", reg).await;
+    assert_eq!(worker.status, StatusCode::CREATED, "{}", worker.body);
+    worker.body["id"].as_str().expect("worker id").to_owned()
+}
+
+/// Polls as `worker` in the background.
+fn poll_in_background(app: &Router, worker: &str, body: Value) -> tokio::task::JoinHandle<Reply> {
+    let (app, uri) = (app.clone(), format!("/v1/workers/{worker}/poll"));
+    tokio::spawn(async move { post(&app, &uri, body).await })
+}
+
+/// Waits until `n` polls wait on the default queue.
+async fn polls_waiting(state: &AppState, n: usize) {
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while state.dispatcher.waiting("default") != n {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the polls wait");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_start_is_handed_straight_to_a_poll_waiting_for_it(pool: PgPool) {
+    let store = PgStore::new(pool);
+    store.migrate().await.expect("migrations apply");
+    let state = AppState::new(std::sync::Arc::new(store), Config::defaults());
+    let app = app(state.clone());
+    let greeter = register(&app, &["greet"], 2).await;
+    let other = register(&app, &["other"], 2).await;
+    let others_poll = poll_in_background(&app, &other, json!({"max": 2, "timeout_ms": 30000}));
+    let poll = poll_in_background(&app, &greeter, json!({"max": 2, "timeout_ms": 30000}));
+    polls_waiting(&state, 2).await;
+
+    // A delayed start is not due, so no poll takes it.
+    let later = json!({"workflow": "greet", "input": "later", "delay_ms": 60000});
+    let delayed = post(&app, "/v1/runs", later).await;
+    assert_eq!(delayed.status, StatusCode::CREATED);
+    assert_eq!(delayed.body["status"], "pending");
+    let start = json!({"workflow": "greet", "input": "now", "idempotency_key": "k"});
+    let started = post(&app, "/v1/runs", start.clone()).await;
+    assert_eq!(started.status, StatusCode::CREATED, "{}", started.body);
+    assert_eq!(
+        started.body["status"], "running",
+        "handed to the waiting worker"
+    );
+    let run_id = started.body["id"].as_str().expect("id").to_owned();
+    let answer = poll.await.expect("poll");
+    let tasks = answer.body["runs"].as_array().expect("runs");
+    assert_eq!(tasks.len(), 1, "{}", answer.body);
+    assert_eq!(tasks[0]["run_id"], run_id.as_str());
+    assert_eq!(tasks[0]["input"], "now");
+    assert_eq!(tasks[0]["attempt"], 1);
+    assert_eq!(tasks[0]["journal"], json!([]));
+    let token = tasks[0]["lease_token"].as_str().expect("token").to_owned();
+    let run = get(&app, &format!("/v1/runs/{run_id}")).await;
+    assert_eq!(run.body["status"], "running");
+    assert_eq!(run.body["attempts"], 1);
+
+    // The same key again while a poll waits: the earlier run, and nothing handed over.
+    let next_poll = poll_in_background(&app, &greeter, json!({"max": 1, "timeout_ms": 1000}));
+    polls_waiting(&state, 2).await;
+    let again = post(&app, "/v1/runs", start).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["id"], run_id.as_str());
+    assert_eq!(again.body["status"], "running");
+    assert_eq!(next_poll.await.expect("poll").body, json!({"runs": []}));
+
+    // The worker reports under the lease it was handed; the result waiter gets the run.
+    let waiter = {
+        let (app, uri) = (
+            app.clone(),
+            format!("/v1/runs/{run_id}/result?timeout_ms=30000"),
+        );
+        tokio::spawn(async move { get(&app, &uri).await })
+    };
+    let done = post(
+        &app,
+        &format!("/v1/runs/{run_id}/complete"),
+        json!({"lease_token": token, "output": "hi"}),
+    )
+    .await;
+    assert_eq!(done.body["status"], "completed", "{}", done.body);
+    let result = waiter.await.expect("result");
+    assert_eq!(result.body["status"], "completed");
+    assert_eq!(result.body["output"], "hi");
+    // The other worker was handed none of those, only a run of its own workflow.
+    let own = post(&app, "/v1/runs", json!({"workflow": "other"})).await;
+    assert_eq!(own.body["status"], "running");
+    let answer = others_poll.await.expect("poll");
+    let tasks = answer.body["runs"].as_array().expect("runs");
+    assert_eq!(tasks.len(), 1, "{}", answer.body);
+    assert_eq!(tasks[0]["run_id"], own.body["id"]);
+    assert_eq!(state.dispatcher.waiting("default"), 0);
+}
+
 /// Starts `n` runs, registers a worker and claims them: `(run id, lease token)` each, in
 /// start order.
 async fn claimed_runs(app: &Router, n: usize) -> Vec<(String, String)> {

@@ -9,9 +9,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use kagzi_server::model::{Lease, RunId, RunStatus, StepStatus, Task, Worker};
 use kagzi_server::schedule::{CatchUp, Overlap, ScheduleId};
 use kagzi_server::store::{
-    Backoff, Completion, Error, NewRun, NewSchedule, NewWorker, PgStore, RunFilter, ScheduleFilter,
-    ScheduleFire, ScheduleKey, ScheduleSpec, ScheduleUpdate, SqliteStore, StepReport, StepWrite,
-    Store, Suspend,
+    Backoff, Claim, Completion, Error, NewRun, NewSchedule, NewWorker, PgStore, RunFilter,
+    ScheduleFilter, ScheduleFire, ScheduleKey, ScheduleSpec, ScheduleUpdate, SqliteStore,
+    StepReport, StepWrite, Store, Suspend,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -30,6 +30,7 @@ fn new_run(workflow: &str, input: serde_json::Value, now: DateTime<Utc>) -> NewR
         idempotency_cutoff: None,
         deadline_at: None,
         retry_policy: None,
+        claim: None,
     }
 }
 
@@ -1491,6 +1492,111 @@ async fn signals_are_kept_received_in_order_and_wake_a_waiting_run(store: Arc<dy
     assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
 }
 
+/// A start written claimed (direct dispatch) is running under the claim's lease at once: no
+/// claim hands it out again, its holder reports under the lease, and heartbeats keep it.
+async fn a_start_written_claimed_is_running_under_its_lease(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let w = worker(&*store, &["greet"]).await;
+    let claim = |token| Claim {
+        worker: w.id,
+        lease_token: token,
+        lease_expires_at: now + LEASE,
+    };
+    let token = uuid::Uuid::new_v4();
+    let one = store
+        .create_run(
+            &NewRun {
+                claim: Some(claim(token)),
+                ..new_run("greet", json!("direct"), now)
+            },
+            now,
+        )
+        .await
+        .expect("create claimed");
+    assert!(one.claimed && !one.existing);
+    let run = store.get_run(one.id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(run.attempts, 1);
+    assert!(run.started_at.is_some());
+    assert!(
+        store
+            .claim(&w, 10, now + LEASE, now)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a run written claimed is not claimable"
+    );
+    let beat = store
+        .heartbeat(
+            w.id,
+            &[Lease {
+                run_id: one.id,
+                lease_token: token,
+            }],
+            now + LEASE,
+            now,
+        )
+        .await
+        .expect("heartbeat");
+    assert!(beat.is_empty(), "the worker holds the run: {beat:?}");
+    store
+        .record_step(one.id, token, &completed("a", 0, json!(1)), now)
+        .await
+        .expect("a step under the claim's lease");
+    let done = store
+        .complete_run(one.id, token, &json!("hi"), now)
+        .await
+        .expect("complete under the claim's lease");
+    assert_eq!(done.status, RunStatus::Completed);
+
+    // In a batch: claimed, pending, and a claimed start whose key names an earlier run.
+    let keyed = NewRun {
+        idempotency_key: Some("k".to_owned()),
+        ..new_run("greet", json!("keyed"), now)
+    };
+    let first = store.create_run(&keyed, now).await.expect("keyed start");
+    let batch = [
+        NewRun {
+            claim: Some(claim(uuid::Uuid::new_v4())),
+            ..new_run("greet", json!(1), now)
+        },
+        new_run("greet", json!(2), now),
+        NewRun {
+            claim: Some(claim(uuid::Uuid::new_v4())),
+            ..keyed.clone()
+        },
+    ];
+    let results: Vec<_> = store
+        .create_runs(&batch, now)
+        .await
+        .into_iter()
+        .map(|r| r.expect("start"))
+        .collect();
+    assert_eq!(
+        results
+            .iter()
+            .map(|c| (c.claimed, c.existing))
+            .collect::<Vec<_>>(),
+        [(true, false), (false, false), (false, true)]
+    );
+    assert_eq!(results[2].id, first.id);
+    let mut statuses = Vec::new();
+    for id in [results[0].id, results[1].id, first.id] {
+        statuses.push(store.get_run(id).await.expect("run").status);
+    }
+    assert_eq!(
+        statuses,
+        [RunStatus::Running, RunStatus::Pending, RunStatus::Pending],
+        "the earlier run of the key is left as it was"
+    );
+    let claimed = store.claim(&w, 10, now + LEASE, now).await.expect("claim");
+    assert_eq!(
+        claimed.iter().map(|t| t.run_id).collect::<HashSet<_>>(),
+        HashSet::from([results[1].id, first.id]),
+        "only the runs written pending are claimed"
+    );
+}
+
 /// Runs each named test against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1545,6 +1651,7 @@ conformance!(
     concurrent_fires_of_one_plan_start_exactly_one_run,
     overlap_policies_skip_buffer_or_allow_while_a_run_is_unfinished,
     pause_resume_update_trigger_and_delete,
+    a_start_written_claimed_is_running_under_its_lease,
 );
 
 #[tokio::test]

@@ -105,8 +105,9 @@ fn default_queue() -> String {
 pub(crate) struct Started {
     /// The new run's id.
     id: RunId,
-    /// `pending` for a new run (it waits for a worker); for the run an earlier start with
-    /// the same idempotency key made, its status now.
+    /// `pending` for a new run that waits for a worker, `running` for one handed straight to
+    /// a worker that was waiting for it; for the run an earlier start with the same
+    /// idempotency key made, its status now.
     status: RunStatus,
 }
 
@@ -230,6 +231,7 @@ pub(super) async fn start_checked(
         )),
         deadline_at: req.timeout_ms.map(after),
         retry_policy: req.retry_policy,
+        claim: None,
     };
     let workflow = new.workflow.clone();
     let created = state.reports.starts.submit(new, bytes).await?;
@@ -248,7 +250,12 @@ pub(super) async fn start_checked(
         StatusCode::CREATED,
         Started {
             id: created.id,
-            status: RunStatus::Pending,
+            // Running when it was handed straight to a waiting worker.
+            status: if created.claimed {
+                RunStatus::Running
+            } else {
+                RunStatus::Pending
+            },
         },
     ))
 }
@@ -400,7 +407,11 @@ async fn result(
         let notified = subscription.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let run = state.store.get_run(id).await?;
+        // A run that ended on this server comes with its wake-up; otherwise read it.
+        let run = match subscription.value() {
+            Some(run) => run,
+            None => state.store.get_run(id).await?,
+        };
         let now = tokio::time::Instant::now();
         if run.status.is_terminal() || now >= deadline {
             return Ok(Json(run));

@@ -1,5 +1,6 @@
 //! `/v1/workers`: register, heartbeat, long-poll for work, deregister.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -254,6 +255,8 @@ async fn poll(
         if !runs.is_empty() || instant >= deadline || state.shutdown.is_cancelled() {
             return Ok(Json(PollAnswer { runs }));
         }
+        // Nothing to claim: new starts for this worker may now be handed to it directly.
+        let waiting = state.dispatcher.wait(Arc::clone(&worker), body.max);
         let mut wake_at = deadline.min(instant + recheck);
         if let Some(due) = state.store.next_due(&worker).await? {
             let until_due = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -263,6 +266,11 @@ async fn poll(
             () = notified => {}
             () = tokio::time::sleep_until(wake_at) => {}
             () = state.shutdown.cancelled() => {}
+            () = waiting.delivered() => {}
+        }
+        let runs = waiting.close().await;
+        if !runs.is_empty() {
+            return Ok(Json(PollAnswer { runs }));
         }
     }
 }

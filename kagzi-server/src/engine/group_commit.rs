@@ -11,9 +11,12 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
 
-use crate::model::{Run, Step};
-use crate::store::{Completion, Created, NewRun, Result, StepWrite, Store};
+use super::dispatch::{Dispatcher, Reservation};
+use super::wakeup::Wakeups;
+use crate::model::{Run, Step, Task};
+use crate::store::{Claim, Completion, Created, NewRun, Result, StepWrite, Store, Suspend};
 
 /// The most reports in one batch.
 const MAX_BATCH: usize = 128;
@@ -131,15 +134,26 @@ pub struct Reports {
 }
 
 impl Reports {
-    /// Starts the writers over `store` on the current Tokio runtime.
-    pub fn start(store: &Arc<dyn Store>) -> Self {
+    /// Starts the writers over `store` on the current Tokio runtime. Starts that find a poll
+    /// waiting in `dispatcher` are written claimed for it, with a lease of `lease`, and the
+    /// dispatcher's `orphans` are released; a run completed here is handed to its result
+    /// waiters in `wakeups`.
+    pub fn start(
+        store: &Arc<dyn Store>,
+        dispatcher: Arc<Dispatcher>,
+        orphans: mpsc::UnboundedReceiver<Task>,
+        wakeups: Arc<Wakeups>,
+        lease: chrono::Duration,
+    ) -> Self {
         let for_starts = Arc::clone(store);
         let for_steps = Arc::clone(store);
         let for_completions = Arc::clone(store);
+        tokio::spawn(release_orphans(Arc::clone(store), orphans));
         Self {
             starts: GroupCommit::start(move |runs: Vec<NewRun>| {
                 let store = Arc::clone(&for_starts);
-                async move { store.create_runs(&runs, Utc::now()).await }
+                let dispatcher = Arc::clone(&dispatcher);
+                async move { start_runs(&*store, &dispatcher, runs, lease).await }
             }),
             steps: GroupCommit::start(move |writes: Vec<StepWrite>| {
                 let store = Arc::clone(&for_steps);
@@ -147,8 +161,81 @@ impl Reports {
             }),
             completions: GroupCommit::start(move |writes: Vec<Completion>| {
                 let store = Arc::clone(&for_completions);
-                async move { store.complete_runs(&writes, Utc::now()).await }
+                let wakeups = Arc::clone(&wakeups);
+                async move {
+                    let results = store.complete_runs(&writes, Utc::now()).await;
+                    for run in results.iter().flatten() {
+                        if run.status.is_terminal() {
+                            wakeups.runs.wake_with(&run.id, run.clone());
+                        }
+                    }
+                    results
+                }
             }),
+        }
+    }
+}
+
+/// Writes a batch of starts, each due one claimed for a waiting poll if there is one (direct
+/// dispatch), and hands the claimed runs to their polls once written.
+async fn start_runs(
+    store: &dyn Store,
+    dispatcher: &Dispatcher,
+    mut runs: Vec<NewRun>,
+    lease: chrono::Duration,
+) -> Vec<Result<Created>> {
+    let now = Utc::now();
+    let lease_expires_at = now + lease;
+    let reservations: Vec<Option<Reservation>> = runs
+        .iter_mut()
+        .map(|run| {
+            if run.available_at > now {
+                return None;
+            }
+            let reservation = dispatcher.reserve(&run.queue, &run.workflow)?;
+            run.claim = reservation.worker().map(|worker| Claim {
+                worker: worker.id,
+                lease_token: Uuid::new_v4(),
+                lease_expires_at,
+            });
+            Some(reservation)
+        })
+        .collect();
+    let results = store.create_runs(&runs, now).await;
+    for ((run, reservation), result) in runs.into_iter().zip(reservations).zip(&results) {
+        // A start not written as new (its idempotency key named an earlier run) or not
+        // written at all gives its slot back as the reservation drops.
+        if let (Some(reservation), Some(claim), Ok(created)) = (reservation, run.claim, result)
+            && created.claimed
+        {
+            reservation.deliver(Task {
+                run_id: created.id,
+                workflow: run.workflow,
+                input: run.input,
+                attempt: 1,
+                lease_token: claim.lease_token,
+                lease_expires_at: claim.lease_expires_at,
+                journal: Vec::new(),
+            });
+        }
+    }
+    results
+}
+
+/// Releases the runs of tasks whose polls went away before answering: each goes back to its
+/// queue at once (as a yield does) rather than when its lease runs out.
+async fn release_orphans(store: Arc<dyn Store>, mut orphans: mpsc::UnboundedReceiver<Task>) {
+    while let Some(task) = orphans.recv().await {
+        let released = store
+            .suspend_run(
+                task.run_id,
+                task.lease_token,
+                &Suspend::default(),
+                Utc::now(),
+            )
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(run_id = %task.run_id, %error, "an undelivered run could not be released; it is reclaimed when its lease runs out");
         }
     }
 }

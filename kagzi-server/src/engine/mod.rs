@@ -1,6 +1,8 @@
 //! The background side of the server: wake-ups from the database, the watchdog, the cron
-//! scheduler, the group commit of step reports, and the workers known to this server.
+//! scheduler, the group commit of step reports, the workers known to this server, and the
+//! direct dispatch of starts to waiting polls.
 
+pub mod dispatch;
 pub mod group_commit;
 pub mod known_workers;
 pub mod scheduler;

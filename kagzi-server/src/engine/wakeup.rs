@@ -12,15 +12,33 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
-use crate::model::RunId;
+use crate::model::{Run, RunId};
 
-/// Waiters keyed by what they wait for; waking a key wakes all of its current waiters.
+/// Waiters keyed by what they wait for; waking a key wakes all of its current waiters. A
+/// wake-up may carry a value (`V`), which spares the waiters a read of what changed.
 #[derive(Debug)]
-pub struct Registry<K> {
-    waiters: Arc<Mutex<HashMap<K, Arc<Notify>>>>,
+pub struct Registry<K, V = ()> {
+    waiters: Arc<Mutex<HashMap<K, Arc<Entry<V>>>>>,
 }
 
-impl<K> Default for Registry<K> {
+/// The waiters of one key.
+#[derive(Debug)]
+struct Entry<V> {
+    notify: Notify,
+    /// The value of the last wake-up that carried one.
+    value: Mutex<Option<V>>,
+}
+
+impl<V> Default for Entry<V> {
+    fn default() -> Self {
+        Self {
+            notify: Notify::new(),
+            value: Mutex::new(None),
+        }
+    }
+}
+
+impl<K, V> Default for Registry<K, V> {
     fn default() -> Self {
         Self {
             waiters: Arc::default(),
@@ -28,58 +46,72 @@ impl<K> Default for Registry<K> {
     }
 }
 
-impl<K: Eq + Hash + Clone> Registry<K> {
+impl<K: Eq + Hash + Clone, V> Registry<K, V> {
     /// Starts waiting for `key`.
-    pub fn subscribe(&self, key: K) -> Subscription<K> {
-        let notify = lock(&self.waiters).entry(key.clone()).or_default().clone();
+    pub fn subscribe(&self, key: K) -> Subscription<K, V> {
+        let entry = lock(&self.waiters).entry(key.clone()).or_default().clone();
         Subscription {
             key,
-            notify,
+            entry,
             waiters: self.waiters.clone(),
         }
     }
 
     /// Wakes every current waiter for `key`.
     pub fn wake(&self, key: &K) {
-        if let Some(notify) = lock(&self.waiters).get(key) {
-            notify.notify_waiters();
+        if let Some(entry) = lock(&self.waiters).get(key) {
+            entry.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every current waiter for `key` and hands them `value`, if anybody waits.
+    pub fn wake_with(&self, key: &K, value: V) {
+        if let Some(entry) = lock(&self.waiters).get(key) {
+            *lock(&entry.value) = Some(value);
+            entry.notify.notify_waiters();
         }
     }
 
     /// Wakes every current waiter, for any key (after a wake-up may have been lost).
     pub fn wake_all(&self) {
-        for notify in lock(&self.waiters).values() {
-            notify.notify_waiters();
+        for entry in lock(&self.waiters).values() {
+            entry.notify.notify_waiters();
         }
     }
 }
 
-fn lock<K>(m: &Mutex<HashMap<K, Arc<Notify>>>) -> MutexGuard<'_, HashMap<K, Arc<Notify>>> {
-    // The map stays consistent even if a holder panicked: every operation on it is one call.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every operation on the data is one call, so a panic elsewhere cannot leave it
+    // half-changed.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One waiter's interest in a key; dropping it forgets the key once nobody waits on it.
 #[derive(Debug)]
-pub struct Subscription<K: Eq + Hash> {
+pub struct Subscription<K: Eq + Hash, V = ()> {
     key: K,
-    notify: Arc<Notify>,
-    waiters: Arc<Mutex<HashMap<K, Arc<Notify>>>>,
+    entry: Arc<Entry<V>>,
+    waiters: Arc<Mutex<HashMap<K, Arc<Entry<V>>>>>,
 }
 
-impl<K: Eq + Hash> Subscription<K> {
+impl<K: Eq + Hash, V: Clone> Subscription<K, V> {
     /// A future that completes at the next wake-up. Call `enable()` on it (pinned) before
     /// checking the database, then await it.
     pub fn notified(&self) -> Notified<'_> {
-        self.notify.notified()
+        self.entry.notify.notified()
+    }
+
+    /// The value the last wake-up carried, if one did.
+    pub fn value(&self) -> Option<V> {
+        lock(&self.entry.value).clone()
     }
 }
 
-impl<K: Eq + Hash> Drop for Subscription<K> {
+impl<K: Eq + Hash, V> Drop for Subscription<K, V> {
     fn drop(&mut self) {
         let mut waiters = lock(&self.waiters);
         // Two holders left (the map and this subscription) means this was the last waiter.
-        if Arc::strong_count(&self.notify) <= 2 {
+        if Arc::strong_count(&self.entry) <= 2 {
             waiters.remove(&self.key);
         }
     }
@@ -90,8 +122,9 @@ impl<K: Eq + Hash> Drop for Subscription<K> {
 pub struct Wakeups {
     /// Polls waiting for work on a queue.
     pub queues: Registry<String>,
-    /// Result waiters waiting for a run to end.
-    pub runs: Registry<RunId>,
+    /// Result waiters waiting for a run to end; a run that ended on this server is handed
+    /// to them with the wake-up.
+    pub runs: Registry<RunId, Run>,
     /// Wakes the scheduler early: a schedule was created, changed or resumed on this server.
     /// (`notify_one` keeps the wake-up if the scheduler is busy, so none is lost.)
     pub schedules: Notify,

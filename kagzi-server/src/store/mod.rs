@@ -446,6 +446,8 @@ pub struct Created {
     pub id: RunId,
     /// Whether an idempotency key matched a run that already existed.
     pub existing: bool,
+    /// Whether the new run was written claimed, as [`NewRun::claim`] asked (it is `running`).
+    pub claimed: bool,
 }
 
 /// What a suspended run waits for. With none of the three, the run is simply due again at
@@ -559,6 +561,21 @@ pub struct NewRun {
     pub deadline_at: Option<DateTime<Utc>>,
     /// How a failed run is retried (overrides `retries`).
     pub retry_policy: Option<RetryPolicy>,
+    /// Start the run already claimed by a worker whose poll waits for it (direct dispatch,
+    /// see [`crate::engine::dispatch`]); `None` starts it `pending`.
+    pub claim: Option<Claim>,
+}
+
+/// A claim written with a run's start: the run starts `running` on its first attempt, held
+/// by `worker` under `lease_token` until `lease_expires_at`, and no poll is woken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The worker that holds the run.
+    pub worker: WorkerId,
+    /// The lease's fencing token.
+    pub lease_token: Uuid,
+    /// When the lease runs out unless a heartbeat extends it.
+    pub lease_expires_at: DateTime<Utc>,
 }
 
 /// A worker to register.
@@ -673,6 +690,7 @@ fn same_start(
         Ok(Created {
             id: existing,
             existing: true,
+            claimed: false,
         })
     } else {
         Err(Error::Conflict(format!(

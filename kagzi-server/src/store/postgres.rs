@@ -33,6 +33,10 @@ pub const QUEUE_CHANNEL: &str = "kagzi_queue";
 /// The `NOTIFY` channel that says "this run ended" (payload: the run id).
 pub const RUN_DONE_CHANNEL: &str = "kagzi_run_done";
 
+/// A pooled connection idle this long is pinged before it is used again, so one the database
+/// dropped meanwhile (a restart) is replaced instead of failing a request.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// The columns of [`Run`], as a literal so statements stay literal SQL.
 macro_rules! run_columns {
     () => {
@@ -89,6 +93,19 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings a connection both as it returns to the pool and, by default, again
+            // as it is taken: two extra round trips per statement, one of them in front of
+            // it. Only a connection idle for a while is pinged before use; one used moments
+            // ago passed its release ping then.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         Ok(Self { pool })
@@ -201,16 +218,25 @@ impl Store for PgStore {
         // At most twice: the second try follows the release of an expired key.
         for _ in 0..2 {
             let id = RunId::new();
-            let inserted: Option<(RunId,)> = sqlx::query_as(
+            // A claimed start is held at once and wakes no poll.
+            let claim = new.claim.as_ref();
+            let inserted: Option<(RunId, Option<String>)> = sqlx::query_as(
                 r"with inserted as (
                       insert into kagzi.runs
                           (id, workflow, queue, status, input, retries, available_at, created_at,
-                           updated_at, parent_id, idempotency_key, deadline_at, retry_policy)
-                      values ($1, $2, $3, 'pending', $4, $5, $6, $7, $7, $9, $10, $11, $12)
+                           updated_at, parent_id, idempotency_key, deadline_at, retry_policy,
+                           attempts, lease_token, lease_expires_at, worker_id, started_at)
+                      values ($1, $2, $3,
+                              case when $13::uuid is null then 'pending' else 'running' end,
+                              $4, $5, $6, $7, $7, $9, $10, $11, $12,
+                              case when $13::uuid is null then 0 else 1 end, $13, $14, $15,
+                              case when $13::uuid is null then null else $7 end)
                       on conflict (idempotency_key) where idempotency_key is not null do nothing
-                      returning id, queue
+                      returning id, queue, lease_token
                   )
-                  select id from inserted, pg_notify($8, queue)",
+                  select id,
+                         case when lease_token is null then pg_notify($8, queue)::text end
+                  from inserted",
             )
             .bind(id)
             .bind(&new.workflow)
@@ -224,12 +250,16 @@ impl Store for PgStore {
             .bind(new.idempotency_key.as_deref())
             .bind(new.deadline_at)
             .bind(new.retry_policy.as_ref().map(Json))
+            .bind(claim.map(|c| c.lease_token))
+            .bind(claim.map(|c| c.lease_expires_at))
+            .bind(claim.map(|c| c.worker))
             .fetch_optional(&self.pool)
             .await?;
             if inserted.is_some() {
                 return Ok(Created {
                     id,
                     existing: false,
+                    claimed: claim.is_some(),
                 });
             }
             let key = new.idempotency_key.as_deref().unwrap_or_default();
@@ -281,6 +311,7 @@ impl Store for PgStore {
                 Some(id) => Ok(Created {
                     id,
                     existing: false,
+                    claimed: new.claim.is_some(),
                 }),
                 None => self.create_run(new, now).await,
             });
@@ -1484,24 +1515,33 @@ impl PgStore {
             r"with input as (
                   select * from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[],
                                        $6::timestamptz[], $7::uuid[], $8::text[],
-                                       $9::timestamptz[], $10::jsonb[])
+                                       $9::timestamptz[], $10::jsonb[], $13::uuid[],
+                                       $14::timestamptz[], $15::uuid[])
                       with ordinality
                       as i(id, workflow, queue, input, retries, available_at, parent_id,
-                           idempotency_key, deadline_at, retry_policy, ord)
+                           idempotency_key, deadline_at, retry_policy, lease_token,
+                           lease_expires_at, worker_id, ord)
               ),
               inserted as (
                   insert into kagzi.runs
                       (id, workflow, queue, status, input, retries, available_at, created_at,
-                       updated_at, parent_id, idempotency_key, deadline_at, retry_policy)
-                  select id, workflow, queue, 'pending', input, retries, available_at, $11, $11,
-                         parent_id, idempotency_key, deadline_at, retry_policy
+                       updated_at, parent_id, idempotency_key, deadline_at, retry_policy,
+                       attempts, lease_token, lease_expires_at, worker_id, started_at)
+                  select id, workflow, queue,
+                         case when lease_token is null then 'pending' else 'running' end,
+                         input, retries, available_at, $11, $11,
+                         parent_id, idempotency_key, deadline_at, retry_policy,
+                         case when lease_token is null then 0 else 1 end,
+                         lease_token, lease_expires_at, worker_id,
+                         case when lease_token is null then null else $11 end
                   from input order by ord
                   on conflict (idempotency_key) where idempotency_key is not null do nothing
-                  returning id, queue
+                  returning id, queue, lease_token
               )
               select i.ord, i.id,
                      (select count(pg_notify($12, q.queue))
-                      from (select distinct queue from inserted) q) as notified
+                      from (select distinct queue from inserted
+                            where lease_token is null) q) as notified
               from inserted n join input i on i.id = n.id",
         )
         .bind(&ids)
@@ -1528,6 +1568,21 @@ impl PgStore {
         )
         .bind(now)
         .bind(QUEUE_CHANNEL)
+        .bind(
+            runs.iter()
+                .map(|r| r.claim.map(|c| c.lease_token))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            runs.iter()
+                .map(|r| r.claim.map(|c| c.lease_expires_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            runs.iter()
+                .map(|r| r.claim.map(|c| c.worker))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&self.pool)
         .await?;
         Ok(inserted)

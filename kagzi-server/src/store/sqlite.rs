@@ -203,7 +203,7 @@ impl Store for SqliteStore {
     async fn create_run(&self, new: &NewRun, now: DateTime<Utc>) -> Result<Created> {
         let mut conn = self.pool.acquire().await?;
         let created = insert_run(&mut conn, new, now).await?;
-        if !created.existing {
+        if !created.existing && new.claim.is_none() {
             self.notify(Note::Queue(new.queue.clone()));
         }
         Ok(created)
@@ -224,7 +224,7 @@ impl Store for SqliteStore {
                 let queues = runs
                     .iter()
                     .zip(&results)
-                    .filter(|(_, r)| r.as_ref().is_ok_and(|c| !c.existing))
+                    .filter(|(new, r)| new.claim.is_none() && r.as_ref().is_ok_and(|c| !c.existing))
                     .map(|(new, _)| new.queue.clone())
                     .collect();
                 self.notify_queues(queues);
@@ -1194,11 +1194,17 @@ async fn insert_run(
     // At most twice: the second try follows the release of an expired key.
     for _ in 0..2 {
         let id = RunId::new();
+        // A claimed start is held at once (and wakes no poll: see the callers).
+        let claim = new.claim.as_ref();
         let inserted = sqlx::query(
             r"insert into runs
                   (id, workflow, queue, status, input, retries, available_at, created_at, updated_at,
-                   parent_id, idempotency_key, deadline_at, retry_policy)
-              values (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)
+                   parent_id, idempotency_key, deadline_at, retry_policy,
+                   attempts, lease_token, lease_expires_at, worker_id, started_at)
+              values (?1, ?2, ?3, case when ?12 is null then 'pending' else 'running' end,
+                      ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11,
+                      case when ?12 is null then 0 else 1 end, ?12, ?13, ?14,
+                      case when ?12 is null then null else ?7 end)
               on conflict (idempotency_key) where idempotency_key is not null do nothing",
         )
         .bind(id)
@@ -1212,12 +1218,16 @@ async fn insert_run(
         .bind(new.idempotency_key.as_deref())
         .bind(new.deadline_at)
         .bind(new.retry_policy.as_ref().map(Json))
+        .bind(claim.map(|c| c.lease_token))
+        .bind(claim.map(|c| c.lease_expires_at))
+        .bind(claim.map(|c| c.worker))
         .execute(&mut *conn)
         .await?;
         if inserted.rows_affected() == 1 {
             return Ok(Created {
                 id,
                 existing: false,
+                claimed: claim.is_some(),
             });
         }
         let key = new.idempotency_key.as_deref().unwrap_or_default();
