@@ -481,6 +481,14 @@ async fn a_start_is_handed_straight_to_a_poll_waiting_for_it(pool: PgPool) {
     assert_eq!(tasks.len(), 1, "{}", answer.body);
     assert_eq!(tasks[0]["run_id"], own.body["id"]);
     assert_eq!(state.dispatcher.waiting("default"), 0);
+
+    // A poll whose request went away (the worker hung up) is not handed anything.
+    let gone = poll_in_background(&app, &greeter, json!({"max": 1, "timeout_ms": 30000}));
+    polls_waiting(&state, 1).await;
+    gone.abort();
+    polls_waiting(&state, 0).await;
+    let unclaimed = post(&app, "/v1/runs", json!({"workflow": "greet"})).await;
+    assert_eq!(unclaimed.body["status"], "pending");
 }
 
 /// Starts `n` runs, registers a worker and claims them: `(run id, lease token)` each, in

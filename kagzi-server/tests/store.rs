@@ -1597,6 +1597,46 @@ async fn a_start_written_claimed_is_running_under_its_lease(store: Arc<dyn Store
     );
 }
 
+/// A poll's one question before it waits: claim, or else when the next run comes due.
+async fn an_empty_claim_says_when_the_next_run_comes_due(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let w = worker(&*store, &["greet"]).await;
+    let (tasks, next) = store
+        .claim_or_next_due(&w, 10, now + LEASE, now)
+        .await
+        .expect("claim");
+    assert!(tasks.is_empty());
+    assert_eq!(next, None, "nothing waits");
+    let later = now + chrono::Duration::seconds(60);
+    for (workflow, at) in [("greet", later), ("other", now)] {
+        let new = NewRun {
+            available_at: at,
+            ..new_run(workflow, json!(workflow), now)
+        };
+        store.create_run(&new, now).await.expect("create");
+    }
+    let (tasks, next) = store
+        .claim_or_next_due(&w, 10, now + LEASE, now)
+        .await
+        .expect("claim");
+    assert!(tasks.is_empty(), "the run is not due yet");
+    let next = next.expect("a run comes due");
+    assert!(
+        (next - later).num_milliseconds().abs() < 1,
+        "due at {next}, not {later}"
+    );
+    let due = store
+        .create_run(&new_run("greet", json!("now"), now), now)
+        .await
+        .expect("create");
+    let (tasks, next) = store
+        .claim_or_next_due(&w, 10, now + LEASE, now)
+        .await
+        .expect("claim");
+    assert_eq!(tasks.iter().map(|t| t.run_id).collect::<Vec<_>>(), [due.id]);
+    assert_eq!(next, None, "a claim that took runs says nothing more");
+}
+
 /// Runs each named test against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1652,6 +1692,7 @@ conformance!(
     overlap_policies_skip_buffer_or_allow_while_a_run_is_unfinished,
     pause_resume_update_trigger_and_delete,
     a_start_written_claimed_is_running_under_its_lease,
+    an_empty_claim_says_when_the_next_run_comes_due,
 );
 
 #[tokio::test]

@@ -247,9 +247,9 @@ async fn poll(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let now = Utc::now();
-        let runs = state
+        let (runs, next_due) = state
             .store
-            .claim(&worker, body.max, now + lease, now)
+            .claim_or_next_due(&worker, body.max, now + lease, now)
             .await?;
         let instant = tokio::time::Instant::now();
         if !runs.is_empty() || instant >= deadline || state.shutdown.is_cancelled() {
@@ -258,7 +258,7 @@ async fn poll(
         // Nothing to claim: new starts for this worker may now be handed to it directly.
         let waiting = state.dispatcher.wait(Arc::clone(&worker), body.max);
         let mut wake_at = deadline.min(instant + recheck);
-        if let Some(due) = state.store.next_due(&worker).await? {
+        if let Some(due) = next_due {
             let until_due = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             wake_at = wake_at.min(instant + until_due.max(CONTENDED_RETRY));
         }

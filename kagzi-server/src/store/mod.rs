@@ -139,6 +139,26 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// On a database failure.
     async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>>;
 
+    /// Claims as [`claim`](Self::claim) does and, when that claims nothing, also answers
+    /// [`next_due`](Self::next_due) (`None` when it claimed runs): what a poll asks before it
+    /// waits. Stores that can do both in one statement do; this default makes both calls.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn claim_or_next_due(
+        &self,
+        worker: &Worker,
+        max: u32,
+        lease_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Task>, Option<DateTime<Utc>>)> {
+        let tasks = self.claim(worker, max, lease_expires_at, now).await?;
+        if !tasks.is_empty() {
+            return Ok((tasks, None));
+        }
+        Ok((tasks, self.next_due(worker).await?))
+    }
+
     /// Records a step outcome under the run's lease. A completed step is recorded once: a
     /// later report for the same key returns the recorded entry unchanged. A failed entry is
     /// replaced by the next report.

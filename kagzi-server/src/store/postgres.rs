@@ -510,7 +510,22 @@ impl Store for PgStore {
         lease_expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Task>> {
-        let claimed: Vec<(RunId, String, Json<Value>, i32, Uuid)> = sqlx::query_as(
+        let (tasks, _) = self
+            .claim_or_next_due(worker, max, lease_expires_at, now)
+            .await?;
+        Ok(tasks)
+    }
+
+    async fn claim_or_next_due(
+        &self,
+        worker: &Worker,
+        max: u32,
+        lease_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Task>, Option<DateTime<Utc>>)> {
+        // The claimed runs, then one row with no run: when nothing was claimed, when the next
+        // run of the worker's queue and workflows comes due (one statement for an empty poll).
+        let rows: Vec<ClaimRow> = sqlx::query_as(
             r"with due as (
                   select id from kagzi.runs
                   where status in ('pending', 'sleeping', 'waiting') and queue = $1
@@ -518,13 +533,22 @@ impl Store for PgStore {
                   order by available_at, id
                   limit $4
                   for update skip locked
+              ),
+              claimed as (
+                  update kagzi.runs r
+                  set status = 'running', attempts = r.attempts + 1,
+                      lease_token = gen_random_uuid(), lease_expires_at = $5, worker_id = $6,
+                      started_at = coalesce(r.started_at, $3), updated_at = $3, wake_at = null,
+                      waiting_for = null
+                  from due where r.id = due.id
+                  returning r.id, r.workflow, r.input, r.attempts, r.lease_token
               )
-              update kagzi.runs r
-              set status = 'running', attempts = r.attempts + 1, lease_token = gen_random_uuid(),
-                  lease_expires_at = $5, worker_id = $6, started_at = coalesce(r.started_at, $3),
-                  updated_at = $3, wake_at = null, waiting_for = null
-              from due where r.id = due.id
-              returning r.id, r.workflow, r.input, r.attempts, r.lease_token",
+              select id, workflow, input, attempts, lease_token, null::timestamptz as next_due
+              from claimed
+              union all
+              select null, null, null, null, null, min(available_at) from kagzi.runs
+              where status in ('pending', 'sleeping', 'waiting') and queue = $1
+                and workflow = any($2) and not exists (select 1 from claimed)",
         )
         .bind(&worker.queue)
         .bind(&worker.workflows)
@@ -534,13 +558,29 @@ impl Store for PgStore {
         .bind(worker.id)
         .fetch_all(&self.pool)
         .await?;
+        let mut next_due = None;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            match (
+                row.id,
+                row.workflow,
+                row.input,
+                row.attempts,
+                row.lease_token,
+            ) {
+                (Some(id), Some(workflow), Some(input), Some(attempts), Some(token)) => {
+                    claimed.push((id, workflow, input, attempts, token));
+                }
+                _ => next_due = row.next_due,
+            }
+        }
         if claimed.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), next_due));
         }
         // A run's first attempt has no journal yet: steps are only written under a lease.
         let ids: Vec<RunId> = claimed.iter().filter(|c| c.3 > 1).map(|c| c.0).collect();
         if ids.is_empty() {
-            return Ok(super::tasks(claimed, Vec::new(), lease_expires_at));
+            return Ok((super::tasks(claimed, Vec::new(), lease_expires_at), None));
         }
         let journal: Vec<(RunId, String, i32, Json<Value>)> = sqlx::query_as(
             r"select run_id, key, position, output from kagzi.steps
@@ -550,7 +590,7 @@ impl Store for PgStore {
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
-        Ok(super::tasks(claimed, journal, lease_expires_at))
+        Ok((super::tasks(claimed, journal, lease_expires_at), None))
     }
 
     async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
@@ -1587,6 +1627,18 @@ impl PgStore {
         .await?;
         Ok(inserted)
     }
+}
+
+/// A row of the claim statement: a claimed run, or (all run columns null) when the next run
+/// comes due.
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    id: Option<RunId>,
+    workflow: Option<String>,
+    input: Option<Json<Value>>,
+    attempts: Option<i32>,
+    lease_token: Option<Uuid>,
+    next_due: Option<DateTime<Utc>>,
 }
 
 /// The run holding an idempotency key.
