@@ -200,7 +200,6 @@ impl WaitingPoll {
     /// Stops taking reservations, waits for those in flight (each is one insert) and
     /// answers the tasks delivered.
     pub async fn close(mut self) -> Vec<Task> {
-        self.closed = true;
         self.dispatcher.forget(&self.waiter);
         loop {
             let settled = self.waiter.settled.notified();
@@ -210,6 +209,8 @@ impl WaitingPoll {
                 let mut slots = lock(&self.waiter.slots);
                 slots.open = false;
                 if slots.reserved == 0 {
+                    // Only now: dropped while it waited above, the poll is abandoned.
+                    self.closed = true;
                     return std::mem::take(&mut slots.tasks);
                 }
             }
@@ -317,6 +318,22 @@ mod tests {
         reservation.deliver(delivered);
         let tasks = closing.await.expect("close");
         assert_eq!(tasks.iter().map(|t| t.run_id).collect::<Vec<_>>(), [id]);
+    }
+
+    #[tokio::test]
+    async fn a_poll_dropped_while_closing_leaves_its_task_an_orphan() {
+        let (dispatcher, mut orphans) = Dispatcher::new();
+        let dispatcher = Arc::new(dispatcher);
+        let waiting = dispatcher.wait(worker(&["a"]), 1);
+        let reservation = dispatcher.reserve("q", "a").expect("a free slot");
+        let closing = tokio::spawn(waiting.close());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        closing.abort();
+        assert!(closing.await.is_err(), "the close was dropped");
+        let delivered = task();
+        let id = delivered.run_id;
+        reservation.deliver(delivered);
+        assert_eq!(orphans.try_recv().map(|t| t.run_id).ok(), Some(id));
     }
 
     #[tokio::test]
