@@ -60,6 +60,14 @@ macro_rules! step_first_write_wins {
     };
 }
 
+/// The runs a worker (queue `$1`, workflows `$2`) may claim once due: `runs_due_idx` serves
+/// this filter.
+macro_rules! runs_for_worker {
+    () => {
+        " status in ('pending', 'sleeping', 'waiting') and queue = $1 and workflow = any($2) "
+    };
+}
+
 /// The columns of [`Schedule`].
 macro_rules! schedule_columns {
     () => {
@@ -525,11 +533,12 @@ impl Store for PgStore {
     ) -> Result<(Vec<Task>, Option<DateTime<Utc>>)> {
         // The claimed runs, then one row with no run: when nothing was claimed, when the next
         // run of the worker's queue and workflows comes due (one statement for an empty poll).
-        let rows: Vec<ClaimRow> = sqlx::query_as(
+        let rows: Vec<ClaimRow> = sqlx::query_as(concat!(
             r"with due as (
                   select id from kagzi.runs
-                  where status in ('pending', 'sleeping', 'waiting') and queue = $1
-                    and workflow = any($2) and available_at <= $3
+                  where",
+            runs_for_worker!(),
+            r"and available_at <= $3
                   order by available_at, id
                   limit $4
                   for update skip locked
@@ -547,9 +556,10 @@ impl Store for PgStore {
               from claimed
               union all
               select null, null, null, null, null, min(available_at) from kagzi.runs
-              where status in ('pending', 'sleeping', 'waiting') and queue = $1
-                and workflow = any($2) and not exists (select 1 from claimed)",
-        )
+              where",
+            runs_for_worker!(),
+            "and not exists (select 1 from claimed)"
+        ))
         .bind(&worker.queue)
         .bind(&worker.workflows)
         .bind(now)
@@ -594,11 +604,10 @@ impl Store for PgStore {
     }
 
     async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
-        let next: Option<DateTime<Utc>> = sqlx::query_scalar(
-            r"select min(available_at) from kagzi.runs
-              where status in ('pending', 'sleeping', 'waiting') and queue = $1
-                and workflow = any($2)",
-        )
+        let next: Option<DateTime<Utc>> = sqlx::query_scalar(concat!(
+            "select min(available_at) from kagzi.runs where",
+            runs_for_worker!()
+        ))
         .bind(&worker.queue)
         .bind(&worker.workflows)
         .fetch_one(&self.pool)
