@@ -50,7 +50,6 @@ impl AppState {
     /// Tokio runtime.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
         let (dispatcher, orphans) = Dispatcher::new();
-        let dispatcher = Arc::new(dispatcher);
         let wakeups = Arc::new(Wakeups::default());
         let lease = chrono::Duration::from_std(config.lease()).unwrap_or_default();
         Self(Arc::new(Shared {

@@ -17,10 +17,11 @@
 //! to run out.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
 
+use super::lock;
 use crate::model::{Task, Worker};
 
 /// The polls waiting for work on this server, by queue.
@@ -57,13 +58,13 @@ struct Slots {
 impl Dispatcher {
     /// A dispatcher, and the receiver of its orphans: tasks delivered to polls that went
     /// away, whose runs are to be released. (At most as many as the polls' slots.)
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Task>) {
+    pub fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<Task>) {
         let (orphans, receiver) = mpsc::unbounded_channel();
         let dispatcher = Self {
             waiting: Mutex::default(),
             orphans,
         };
-        (dispatcher, receiver)
+        (Arc::new(dispatcher), receiver)
     }
 
     /// Offers `max` slots of `worker`'s poll to starts on its queue until the returned
@@ -105,8 +106,9 @@ impl Dispatcher {
                 slots.free -= 1;
                 slots.reserved += 1;
                 return Some(Reservation {
-                    waiter: Some(Arc::clone(waiter)),
+                    waiter: Arc::clone(waiter),
                     orphans: self.orphans.clone(),
+                    delivered: false,
                 });
             }
         }
@@ -133,23 +135,22 @@ impl Dispatcher {
 /// [`deliver`](Self::deliver), the slot is given back.
 #[derive(Debug)]
 pub struct Reservation {
-    waiter: Option<Arc<Waiter>>,
+    waiter: Arc<Waiter>,
     orphans: mpsc::UnboundedSender<Task>,
+    delivered: bool,
 }
 
 impl Reservation {
     /// The worker whose poll the slot belongs to: the start is written claimed by it.
-    pub fn worker(&self) -> Option<&Worker> {
-        self.waiter.as_deref().map(|w| &*w.worker)
+    pub fn worker(&self) -> &Worker {
+        &self.waiter.worker
     }
 
     /// Hands the task of a start written claimed to the poll (or, when the poll is gone, to
     /// the orphans).
     pub fn deliver(mut self, task: Task) {
-        let Some(waiter) = self.waiter.take() else {
-            return;
-        };
-        let mut slots = lock(&waiter.slots);
+        self.delivered = true;
+        let mut slots = lock(&self.waiter.slots);
         slots.reserved -= 1;
         if slots.abandoned {
             drop(slots);
@@ -159,18 +160,18 @@ impl Reservation {
         }
         slots.tasks.push(task);
         drop(slots);
-        waiter.settled.notify_one();
+        self.waiter.settled.notify_one();
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(waiter) = self.waiter.take() {
-            let mut slots = lock(&waiter.slots);
+        if !self.delivered {
+            let mut slots = lock(&self.waiter.slots);
             slots.reserved -= 1;
             slots.free += 1;
             drop(slots);
-            waiter.settled.notify_one();
+            self.waiter.settled.notify_one();
         }
     }
 }
@@ -234,12 +235,6 @@ impl Drop for WaitingPoll {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the data consistent, so a panic elsewhere cannot leave
-    // it half-changed.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -275,14 +270,13 @@ mod tests {
     #[tokio::test]
     async fn a_start_is_reserved_on_a_poll_for_its_queue_and_workflow_within_its_slots() {
         let (dispatcher, _orphans) = Dispatcher::new();
-        let dispatcher = Arc::new(dispatcher);
         let b_only = worker(&["b"]);
         let a_too = worker(&["a", "b"]);
         let _b = dispatcher.wait(Arc::clone(&b_only), 5);
         let a = dispatcher.wait(Arc::clone(&a_too), 2);
         assert!(dispatcher.reserve("other", "a").is_none());
         let first = dispatcher.reserve("q", "a").expect("a free slot");
-        assert_eq!(first.worker().map(|w| w.id), Some(a_too.id));
+        assert_eq!(first.worker().id, a_too.id);
         let second = dispatcher.reserve("q", "a").expect("a second slot");
         assert!(dispatcher.reserve("q", "a").is_none(), "both slots taken");
         drop(second);
@@ -304,7 +298,6 @@ mod tests {
     #[tokio::test]
     async fn closing_a_poll_waits_for_the_reservations_in_flight() {
         let (dispatcher, _orphans) = Dispatcher::new();
-        let dispatcher = Arc::new(dispatcher);
         let waiting = dispatcher.wait(worker(&["a"]), 1);
         let reservation = dispatcher.reserve("q", "a").expect("a free slot");
         let closing = tokio::spawn(waiting.close());
@@ -323,7 +316,6 @@ mod tests {
     #[tokio::test]
     async fn a_poll_dropped_while_closing_leaves_its_task_an_orphan() {
         let (dispatcher, mut orphans) = Dispatcher::new();
-        let dispatcher = Arc::new(dispatcher);
         let waiting = dispatcher.wait(worker(&["a"]), 1);
         let reservation = dispatcher.reserve("q", "a").expect("a free slot");
         let closing = tokio::spawn(waiting.close());
@@ -339,7 +331,6 @@ mod tests {
     #[tokio::test]
     async fn tasks_of_a_poll_that_went_away_are_orphans() {
         let (dispatcher, mut orphans) = Dispatcher::new();
-        let dispatcher = Arc::new(dispatcher);
         let waiting = dispatcher.wait(worker(&["a"]), 2);
         let early = dispatcher.reserve("q", "a").expect("a free slot");
         let late = dispatcher.reserve("q", "a").expect("a second slot");

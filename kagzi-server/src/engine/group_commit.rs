@@ -193,8 +193,8 @@ async fn start_runs(
                 return None;
             }
             let reservation = dispatcher.reserve(&run.queue, &run.workflow)?;
-            run.claim = reservation.worker().map(|worker| Claim {
-                worker: worker.id,
+            run.claim = Some(Claim {
+                worker: reservation.worker().id,
                 lease_token: Uuid::new_v4(),
                 lease_expires_at,
             });

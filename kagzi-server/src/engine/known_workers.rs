@@ -5,8 +5,9 @@
 //! the database each time: the first poll of a worker reads it, later polls find it here.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use super::lock;
 use crate::model::{Worker, WorkerId};
 use crate::store::{Result, Store};
 
@@ -27,20 +28,15 @@ impl KnownWorkers {
     /// [`Error::NotFound`](crate::store::Error::NotFound) if no worker has that id, or the
     /// store's error.
     pub async fn get(&self, store: &dyn Store, id: WorkerId) -> Result<Arc<Worker>> {
-        if let Some(worker) = self.lock().get(&id) {
+        if let Some(worker) = lock(&self.workers).get(&id) {
             return Ok(Arc::clone(worker));
         }
         let worker = Arc::new(store.get_worker(id).await?);
-        let mut workers = self.lock();
+        let mut workers = lock(&self.workers);
         if workers.len() >= CAPACITY {
             workers.clear();
         }
         workers.insert(id, Arc::clone(&worker));
         Ok(worker)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Arc<Worker>>> {
-        // The map is always consistent: a panic elsewhere cannot leave it half-written.
-        self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -8,3 +8,11 @@ pub mod known_workers;
 pub mod scheduler;
 pub mod wakeup;
 pub mod watchdog;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks `m`, poisoned or not: the engine's maps and counters are changed in single steps
+/// under their lock, so a panic elsewhere cannot leave them half-changed.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
+use super::lock;
 use crate::model::{Run, RunId};
 
 /// Waiters keyed by what they wait for; waking a key wakes all of its current waiters. A
@@ -78,12 +79,6 @@ impl<K: Eq + Hash + Clone, V> Registry<K, V> {
             entry.notify.notify_waiters();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every operation on the data is one call, so a panic elsewhere cannot leave it
-    // half-changed.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One waiter's interest in a key; dropping it forgets the key once nobody waits on it.
