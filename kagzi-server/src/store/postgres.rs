@@ -1430,6 +1430,11 @@ impl PgStore {
     /// Writes a batch of step reports with distinct (run, key) in one statement, each under
     /// its run's lease and first-write-wins, and returns `(1-based position in the batch,
     /// recorded step)` for each report it could place: written, or already recorded.
+    ///
+    /// Each run is locked by a lookup of its id (a lateral subquery), in id order so that
+    /// concurrent batches lock in one order. A plain join was planned, on small or unanalyzed
+    /// tables, as a scan of every running run (`runs_lease_idx`) hashed against the batch:
+    /// work that grew with the runs in flight, not with the batch.
     async fn write_steps(
         &self,
         batch: &[&StepWrite],
@@ -1443,11 +1448,13 @@ impl PgStore {
                       as i(run_id, lease_token, key, position, status, output, error, attempts, ord)
               ),
               lease as (
-                  select i.ord from input i join kagzi.runs r on r.id = i.run_id
-                  where r.lease_token = i.lease_token and r.status = 'running'
-                    and r.lease_expires_at > $9
-                  order by r.id
-                  for share of r
+                  select i.ord from (select * from input order by run_id) i
+                  cross join lateral (
+                      select from kagzi.runs r
+                      where r.id = i.run_id and r.lease_token = i.lease_token
+                        and r.status = 'running' and r.lease_expires_at > $9
+                      for share
+                  ) r
               ),
               written as (
                   insert into kagzi.steps
@@ -1491,7 +1498,8 @@ impl PgStore {
     /// A run completes only with every step it carries recorded: the statement locks each
     /// held run first, and once its insert (or its conflict with an earlier record, which it
     /// waits for if that is still being written) is done, every carried key of a held run has
-    /// its record. Anything else fails the whole statement, and nothing is written.
+    /// its record. Anything else fails the whole statement, and nothing is written. Runs
+    /// are locked as in `write_steps`: by id, one lookup each, in id order.
     async fn complete_batch(
         &self,
         batch: &[&Completion],
@@ -1512,11 +1520,14 @@ impl PgStore {
                       as c(run_id, key, position, status, output, error, attempts)
               ),
               held as (
-                  select r.id from input i join kagzi.runs r on r.id = i.id
-                  where r.lease_token = i.lease_token and r.status = 'running'
-                    and r.lease_expires_at > $11 and r.parent_id is null
-                  order by r.id
-                  for no key update of r
+                  select i.id from (select * from input order by id) i
+                  cross join lateral (
+                      select from kagzi.runs r
+                      where r.id = i.id and r.lease_token = i.lease_token
+                        and r.status = 'running' and r.lease_expires_at > $11
+                        and r.parent_id is null
+                      for no key update
+                  ) r
               ),
               written as (
                   insert into kagzi.steps
