@@ -110,6 +110,51 @@ async fn claim_takes_due_runs_in_batches_oldest_first(store: Arc<dyn Store>) {
     assert!(run.started_at.is_some());
 }
 
+async fn a_claim_takes_the_oldest_due_runs_across_its_workers_workflows(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let mut ids = Vec::new();
+    for (i, workflow) in ["greet", "wave", "wave", "greet", "wave", "greet"]
+        .into_iter()
+        .enumerate()
+    {
+        let at = now + chrono::Duration::milliseconds(i as i64);
+        ids.push(
+            store
+                .create_run(&new_run(workflow, json!(i), at), at)
+                .await
+                .expect("create")
+                .id,
+        );
+    }
+    let w = worker(&*store, &["wave", "greet", "absent"]).await;
+    let later = now + chrono::Duration::seconds(1);
+    let mut taken = Vec::new();
+    for expected in [4, 2, 0] {
+        let tasks = store
+            .claim(&w, 4, later + LEASE, later)
+            .await
+            .expect("claim");
+        assert_eq!(tasks.len(), expected, "claimed {tasks:?}");
+        taken.extend(tasks.into_iter().map(|t| t.run_id));
+    }
+    assert_eq!(taken, ids, "oldest first, whichever workflow");
+    let later_still = later + chrono::Duration::minutes(1);
+    store
+        .create_run(&new_run("wave", json!("late"), later_still), now)
+        .await
+        .expect("create");
+    let (tasks, next) = store
+        .claim_or_next_due(&w, 4, later + LEASE, later)
+        .await
+        .expect("claim");
+    assert!(tasks.is_empty());
+    let next = next.expect("a run comes due later");
+    assert!(
+        (next - later_still).num_milliseconds().abs() < 1,
+        "due {next}"
+    );
+}
+
 async fn claim_skips_runs_not_due_and_other_workflows_and_queues(store: Arc<dyn Store>) {
     let now = Utc::now();
     // Postgres keeps microseconds.
@@ -1671,6 +1716,7 @@ conformance!(
     signals_are_kept_received_in_order_and_wake_a_waiting_run,
     claim_takes_due_runs_in_batches_oldest_first,
     claim_skips_runs_not_due_and_other_workflows_and_queues,
+    a_claim_takes_the_oldest_due_runs_across_its_workers_workflows,
     concurrent_claims_never_hand_out_a_run_twice,
     a_step_is_recorded_once_and_replayed_in_the_journal,
     a_batch_of_step_reports_keeps_every_rule_of_single_reports,
@@ -1826,5 +1872,62 @@ async fn batch_writes_read_their_own_runs_not_every_run_in_flight(pool: PgPool) 
     assert!(
         read < i64::from(held_elsewhere) / 10,
         "17 batches over 4 runs read {read} run tuples with {held_elsewhere} runs held elsewhere"
+    );
+}
+
+/// PostgreSQL only: a poll reads the due runs of its own workflows, not a backlog of another
+/// workflow in the same queue. With `workflow` only a filter on the due index, each claim
+/// and each empty poll read past every one of the 5,000 runs of a workflow no worker polls.
+#[sqlx::test(migrations = false)]
+async fn a_poll_never_reads_another_workflows_backlog(pool: PgPool) {
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("a one-connection pool");
+    let store = PgStore::new(one.clone());
+    store.migrate().await.expect("migrations apply");
+    let now = Utc::now();
+    let backlog = 5_000;
+    sqlx::query(
+        "insert into kagzi.runs (id, workflow, queue, status, input, retries, available_at,
+                                 created_at, updated_at, attempts)
+         select gen_random_uuid(), 'unpolled', 'default', 'pending', 'null', 0,
+                $1 - interval '1 hour' + g * interval '1 ms', $1, $1, 0
+         from generate_series(1, $2) g",
+    )
+    .bind(now)
+    .bind(backlog)
+    .execute(&one)
+    .await
+    .expect("a backlog of a workflow no worker polls");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let run = store
+            .create_run(&new_run("greet", json!(n), now), now)
+            .await
+            .expect("create");
+        ids.push(run.id);
+    }
+    let w = worker(&store, &["greet", "wave"]).await;
+
+    let before = runs_tuples_read(&one).await;
+    let (tasks, _) = store
+        .claim_or_next_due(&w, 10, now + LEASE, now)
+        .await
+        .expect("claim");
+    assert_eq!(tasks.iter().map(|t| t.run_id).collect::<Vec<_>>(), ids);
+    for _ in 0..5 {
+        let (tasks, next) = store
+            .claim_or_next_due(&w, 10, now + LEASE, now)
+            .await
+            .expect("an empty poll");
+        assert!(tasks.is_empty() && next.is_none(), "{tasks:?} {next:?}");
+        assert_eq!(store.next_due(&w).await.expect("next due"), None);
+    }
+    let read = runs_tuples_read(&one).await - before;
+    assert!(
+        read < i64::from(backlog) / 10,
+        "a claim and 5 empty polls read {read} run tuples beside a backlog of {backlog}"
     );
 }
