@@ -1783,6 +1783,18 @@ async fn runs_tuples_read(pool: &PgPool) -> i64 {
     .expect("statistics of kagzi.runs")
 }
 
+/// Statements of this database that failed (rolled back) so far, once the one connection of
+/// `pool` has flushed its statistics.
+async fn failed_statements(pool: &PgPool) -> i64 {
+    runs_tuples_read(pool).await;
+    sqlx::query_scalar(
+        "select xact_rollback from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("statistics of the database")
+}
+
 /// PostgreSQL only: a batch of step reports, heartbeats or completions reads the runs it
 /// names, not every run in flight. With thousands of runs held by other workers in a table not analyzed
 /// since (as after a burst), a plain join of the batch with the runs was planned as a scan of
@@ -1827,6 +1839,7 @@ async fn batch_writes_read_their_own_runs_not_every_run_in_flight(pool: PgPool) 
     assert_eq!(tasks.len(), 4, "the worker holds its four runs");
 
     // Several rounds, so PostgreSQL's choice between custom and generic plans is covered.
+    let failed_before = failed_statements(&one).await;
     let before = runs_tuples_read(&one).await;
     for round in 0..8u32 {
         let writes: Vec<StepWrite> = tasks
@@ -1869,6 +1882,12 @@ async fn batch_writes_read_their_own_runs_not_every_run_in_flight(pool: PgPool) 
         assert_eq!(run.status, RunStatus::Completed);
     }
     let read = runs_tuples_read(&one).await - before;
+    assert_eq!(
+        failed_statements(&one).await,
+        failed_before,
+        "every batch was written by its own statement (a failed batch statement is retried \
+         one by one, which would hide it)"
+    );
     assert!(
         read < i64::from(held_elsewhere) / 10,
         "17 batches over 4 runs read {read} run tuples with {held_elsewhere} runs held elsewhere"

@@ -698,6 +698,18 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+/// A worker's workflows, each once, in the order it registered them: the statements that
+/// look for a worker's runs take them one by one.
+fn distinct_workflows(worker: &Worker) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    worker
+        .workflows
+        .iter()
+        .map(String::as_str)
+        .filter(|w| seen.insert(*w))
+        .collect()
+}
+
 /// The answer to a start whose idempotency key `key` already belongs to run `existing` with
 /// `(workflow, input)`: that run, when the start asks for the same thing.
 fn same_start(

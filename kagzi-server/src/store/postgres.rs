@@ -84,15 +84,15 @@ fn for_workflows(statement: &'static str, count: usize) -> AssertSqlSafe<String>
     AssertSqlSafe(statement.replace(WORKER_WORKFLOWS, &worker_workflows(count)))
 }
 
-/// A worker's workflows, each once, in the order it registered them.
-fn distinct_workflows(worker: &Worker) -> Vec<&str> {
-    let mut seen = HashSet::new();
-    worker
-        .workflows
-        .iter()
-        .map(String::as_str)
-        .filter(|w| seen.insert(*w))
-        .collect()
+/// Ten rows that match nothing, appended to the run ids of a batch statement that locks each
+/// of its runs by id. PostgreSQL estimates an array parameter at ten elements in a statement's
+/// generic plan, and a plan whose cost grows with the batch is otherwise planned anew for
+/// every batch smaller than that (about 1 ms of planning each); with the padding each batch
+/// costs at least what the generic plan does, so that plan is kept.
+macro_rules! pad_batch {
+    () => {
+        "array_fill(null::uuid, array[10])"
+    };
 }
 
 /// The runs of one of a worker's workflows (`w.workflow`, see [`worker_workflows`]) in its
@@ -581,7 +581,7 @@ impl Store for PgStore {
     ) -> Result<(Vec<Task>, Option<DateTime<Utc>>)> {
         // The claimed runs, then one row with no run: when nothing was claimed, when the next
         // run of the worker's queue and workflows comes due (one statement for an empty poll).
-        let workflows = distinct_workflows(worker);
+        let workflows = super::distinct_workflows(worker);
         if workflows.is_empty() {
             return Ok((Vec::new(), None));
         }
@@ -664,7 +664,7 @@ impl Store for PgStore {
     }
 
     async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
-        let workflows = distinct_workflows(worker);
+        let workflows = super::distinct_workflows(worker);
         if workflows.is_empty() {
             return Ok(None);
         }
@@ -1500,9 +1500,13 @@ impl PgStore {
     /// recorded step)` for each report it could place: written, or already recorded.
     ///
     /// Each run is locked by a lookup of its id (a lateral subquery), in id order so that
-    /// concurrent batches lock in one order. A plain join was planned, on small or unanalyzed
-    /// tables, as a scan of every running run (`runs_lease_idx`) hashed against the batch:
-    /// work that grew with the runs in flight, not with the batch.
+    /// concurrent batches lock in one order, and its lease is checked on the locked row. A
+    /// plain join was planned, on small or unanalyzed tables, as a scan of every running run
+    /// (`runs_lease_idx`) hashed against the batch: work that grew with the runs in flight,
+    /// not with the batch. The lookup names only the id, behind `offset 0` (which keeps
+    /// PostgreSQL from pushing the lease conditions into it), so the primary key is the only
+    /// index it can use, whatever the statistics were when a plan was cached. A run whose
+    /// lease is not held is locked for the statement's moment too, and left as it is.
     async fn write_steps(
         &self,
         batch: &[&StepWrite],
@@ -1510,7 +1514,9 @@ impl PgStore {
     ) -> Result<Vec<(i64, Step)>> {
         let rows: Vec<Placed> = sqlx::query_as(concat!(
             r"with input as (
-                  select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[],
+                  select * from unnest($1::uuid[] || ",
+            pad_batch!(),
+            r", $2::uuid[], $3::text[], $4::int4[], $5::text[],
                                        $6::jsonb[], $7::text[], $8::int4[])
                       with ordinality
                       as i(run_id, lease_token, key, position, status, output, error, attempts, ord)
@@ -1518,11 +1524,12 @@ impl PgStore {
               lease as (
                   select i.ord from (select * from input order by run_id) i
                   cross join lateral (
-                      select from kagzi.runs r
-                      where r.id = i.run_id and r.lease_token = i.lease_token
-                        and r.status = 'running' and r.lease_expires_at > $9
-                      for share
+                      select r.lease_token, r.status, r.lease_expires_at from kagzi.runs r
+                      where r.id = i.run_id
+                      for share offset 0
                   ) r
+                  where r.lease_token = i.lease_token and r.status = 'running'
+                    and r.lease_expires_at > $9
               ),
               written as (
                   insert into kagzi.steps
@@ -1579,7 +1586,9 @@ impl PgStore {
             .collect();
         let done: Vec<Ended> = sqlx::query_as(concat!(
             r"with input as (
-                  select * from unnest($1::uuid[], $2::uuid[], $3::jsonb[])
+                  select * from unnest($1::uuid[] || ",
+            pad_batch!(),
+            r", $2::uuid[], $3::jsonb[])
                       with ordinality as i(id, lease_token, output, ord)
               ),
               carried as (
@@ -1590,12 +1599,13 @@ impl PgStore {
               held as (
                   select i.id from (select * from input order by id) i
                   cross join lateral (
-                      select from kagzi.runs r
-                      where r.id = i.id and r.lease_token = i.lease_token
-                        and r.status = 'running' and r.lease_expires_at > $11
-                        and r.parent_id is null
-                      for no key update
+                      select r.lease_token, r.status, r.lease_expires_at, r.parent_id
+                      from kagzi.runs r
+                      where r.id = i.id
+                      for no key update offset 0
                   ) r
+                  where r.lease_token = i.lease_token and r.status = 'running'
+                    and r.lease_expires_at > $11 and r.parent_id is null
               ),
               written as (
                   insert into kagzi.steps

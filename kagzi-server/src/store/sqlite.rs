@@ -18,7 +18,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::types::Json;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -441,31 +441,39 @@ impl Store for SqliteStore {
         lease_expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Task>> {
-        let mut tx = self.pool.begin().await?;
-        let mut claimed: Vec<(RunId, String, Json<Value>, i32, Uuid, DateTime<Utc>)> =
-            sqlx::query_as(
-                r"update runs
-              set status = 'running', attempts = attempts + 1, lease_token = randomblob(16),
-                  lease_expires_at = ?5, worker_id = ?6, started_at = coalesce(started_at, ?3),
-                  updated_at = ?3, wake_at = null, waiting_for = null
-              where id in (
-                  select id from runs
-                  where status in ('pending', 'sleeping', 'waiting') and queue = ?1
-                    and workflow in (select value from json_each(?2))
-                    and available_at <= ?3
-                  order by available_at, id
-                  limit ?4
-              )
-              returning id, workflow, input, attempts, lease_token, available_at",
+        let workflows = super::distinct_workflows(worker);
+        if workflows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Parameters: ?1 queue, ?2 now, ?3 how many, ?4 lease expiry, ?5 worker, then the
+        // workflows from ?6 on.
+        let due = per_workflow(&workflows, 6, |workflow| {
+            format!(
+                "select * from (select id, available_at from runs where {RUNS_DUE} \
+                 and workflow = {workflow} and available_at <= ?2 \
+                 order by available_at, id limit ?3)"
             )
+        });
+        let statement = format!(
+            "update runs \
+             set status = 'running', attempts = attempts + 1, lease_token = randomblob(16), \
+                 lease_expires_at = ?4, worker_id = ?5, started_at = coalesce(started_at, ?2), \
+                 updated_at = ?2, wake_at = null, waiting_for = null \
+             where id in (select id from ({due}) order by available_at, id limit ?3) \
+             returning id, workflow, input, attempts, lease_token, available_at"
+        );
+        let mut tx = self.pool.begin().await?;
+        let mut query = sqlx::query_as(AssertSqlSafe(statement))
             .bind(&worker.queue)
-            .bind(Json(&worker.workflows))
             .bind(now)
             .bind(i64::from(max))
             .bind(lease_expires_at)
-            .bind(worker.id)
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(worker.id);
+        for workflow in &workflows {
+            query = query.bind(*workflow);
+        }
+        let mut claimed: Vec<(RunId, String, Json<Value>, i32, Uuid, DateTime<Utc>)> =
+            query.fetch_all(&mut *tx).await?;
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
@@ -498,15 +506,25 @@ impl Store for SqliteStore {
     }
 
     async fn next_due(&self, worker: &Worker) -> Result<Option<DateTime<Utc>>> {
-        let next: Option<DateTime<Utc>> = sqlx::query_scalar(
-            r"select min(available_at) from runs
-              where status in ('pending', 'sleeping', 'waiting') and queue = ?1
-                and workflow in (select value from json_each(?2))",
-        )
-        .bind(&worker.queue)
-        .bind(Json(&worker.workflows))
-        .fetch_one(&self.pool)
-        .await?;
+        let workflows = super::distinct_workflows(worker);
+        if workflows.is_empty() {
+            return Ok(None);
+        }
+        // Parameters: ?1 queue, then the workflows from ?2 on.
+        let firsts = per_workflow(&workflows, 2, |workflow| {
+            format!(
+                "select * from (select available_at from runs where {RUNS_DUE} \
+                 and workflow = {workflow} order by available_at limit 1)"
+            )
+        });
+        let mut query = sqlx::query_scalar(AssertSqlSafe(format!(
+            "select min(available_at) from ({firsts})"
+        )))
+        .bind(&worker.queue);
+        for workflow in &workflows {
+            query = query.bind(*workflow);
+        }
+        let next: Option<DateTime<Utc>> = query.fetch_one(&self.pool).await?;
         Ok(next)
     }
 
@@ -1381,4 +1399,20 @@ fn lease_error(check: Result<()>, run: RunId) -> Error {
         // The lease looks held now: it changed between the two statements.
         Ok(()) => Error::LeaseLost(run),
     }
+}
+
+/// The runs of a worker's queue (`?1`) that it may claim once due, but for the workflow:
+/// `runs_due_idx` serves this filter, one workflow at a time, in `available_at, id` order.
+const RUNS_DUE: &str = "status in ('pending', 'sleeping', 'waiting') and queue = ?1";
+
+/// `select_of(parameter)` for each of a worker's `workflows`, bound from parameter
+/// `?first` on, joined with `union all`. Statements that look for a worker's runs take its
+/// workflows one by one this way, so each workflow's due runs are read in due order from
+/// `runs_due_idx` (each part stops at its limit) and a backlog of another workflow in the
+/// same queue is never read.
+fn per_workflow(workflows: &[&str], first: usize, select_of: impl Fn(String) -> String) -> String {
+    (0..workflows.len())
+        .map(|n| select_of(format!("?{}", first + n)))
+        .collect::<Vec<_>>()
+        .join(" union all ")
 }
