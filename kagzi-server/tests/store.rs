@@ -1764,6 +1764,19 @@ async fn a_second_server_on_the_same_sqlite_file_is_refused() {
     let _ = std::fs::remove_file(path.with_extension("db-shm"));
 }
 
+/// A migrated store over a pool of one connection to the test database, and that pool: the
+/// statements measured and the statistics read then share one backend.
+async fn on_one_connection(pool: &PgPool) -> (PgPool, PgStore) {
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("a one-connection pool");
+    let store = PgStore::new(one.clone());
+    store.migrate().await.expect("migrations apply");
+    (one, store)
+}
+
 /// Index entries and table rows of `kagzi.runs` read so far by the one connection of `pool`.
 async fn runs_tuples_read(pool: &PgPool) -> i64 {
     // This backend's pending statistics are flushed as the statement's transaction ends, so
@@ -1796,19 +1809,12 @@ async fn failed_statements(pool: &PgPool) -> i64 {
 }
 
 /// PostgreSQL only: a batch of step reports, heartbeats or completions reads the runs it
-/// names, not every run in flight. With thousands of runs held by other workers in a table not analyzed
-/// since (as after a burst), a plain join of the batch with the runs was planned as a scan of
-/// every running run: on such a table W1 fell from ~1,800 to ~160 workflows/s.
+/// names, not every run in flight. With thousands of runs held by other workers in a table
+/// not analyzed since (as after a burst), a plain join of the batch with the runs was planned
+/// as a scan of every running run: on such a table W1 fell from ~1,800 to ~160 workflows/s.
 #[sqlx::test(migrations = false)]
 async fn batch_writes_read_their_own_runs_not_every_run_in_flight(pool: PgPool) {
-    // One connection, so the statements measured and the statistics read share a backend.
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .expect("a one-connection pool");
-    let store = PgStore::new(one.clone());
-    store.migrate().await.expect("migrations apply");
+    let (one, store) = on_one_connection(&pool).await;
     let now = Utc::now();
     let held_elsewhere = 5_000;
     sqlx::query(
@@ -1899,13 +1905,7 @@ async fn batch_writes_read_their_own_runs_not_every_run_in_flight(pool: PgPool) 
 /// and each empty poll read past every one of the 5,000 runs of a workflow no worker polls.
 #[sqlx::test(migrations = false)]
 async fn a_poll_never_reads_another_workflows_backlog(pool: PgPool) {
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .expect("a one-connection pool");
-    let store = PgStore::new(one.clone());
-    store.migrate().await.expect("migrations apply");
+    let (one, store) = on_one_connection(&pool).await;
     let now = Utc::now();
     let backlog = 5_000;
     sqlx::query(
