@@ -1574,7 +1574,10 @@ impl PgStore {
     /// held run first, and once its insert (or its conflict with an earlier record, which it
     /// waits for if that is still being written) is done, every carried key of a held run has
     /// its record. Anything else fails the whole statement, and nothing is written. Runs
-    /// are locked as in `write_steps`: by id, one lookup each, in id order.
+    /// are locked as in `write_steps`: by id, one lookup each, in id order. Each is then
+    /// updated at the row version it locked (its `ctid`, which cannot change while the lock
+    /// is held): a join by id again could be planned, while the table was small, as a scan of
+    /// every run, and that plan kept once the table had grown.
     async fn complete_batch(
         &self,
         batch: &[&Completion],
@@ -1597,9 +1600,10 @@ impl PgStore {
                       as c(run_id, key, position, status, output, error, attempts)
               ),
               held as (
-                  select i.id from (select * from input order by id) i
+                  select i.id, r.row from (select * from input order by id) i
                   cross join lateral (
-                      select r.lease_token, r.status, r.lease_expires_at, r.parent_id
+                      select r.ctid as row, r.lease_token, r.status, r.lease_expires_at,
+                             r.parent_id
                       from kagzi.runs r
                       where r.id = i.id
                       for no key update offset 0
@@ -1620,7 +1624,7 @@ impl PgStore {
                   set status = 'completed', output = i.output, error = null, finished_at = $11,
                       updated_at = $11, lease_token = null, lease_expires_at = null
                   from input i join held h on h.id = i.id
-                  where r.id = i.id
+                  where r.ctid = h.row
                   returning r.*, i.ord
               )
               select ord, ",
