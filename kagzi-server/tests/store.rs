@@ -155,6 +155,28 @@ async fn a_claim_takes_the_oldest_due_runs_across_its_workers_workflows(store: A
     );
 }
 
+async fn a_worker_with_the_most_workflows_registration_allows_claims(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let names: Vec<String> = (0..1000).map(|n| format!("flow-{n}")).collect();
+    let run = store
+        .create_run(&new_run("flow-999", json!(1), now), now)
+        .await
+        .expect("create");
+    let w = worker(
+        &*store,
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let next = store
+        .next_due(&w)
+        .await
+        .expect("next due")
+        .expect("a run is due");
+    assert!((next - now).num_milliseconds().abs() < 1, "due {next}");
+    let tasks = store.claim(&w, 10, now + LEASE, now).await.expect("claim");
+    assert_eq!(tasks.iter().map(|t| t.run_id).collect::<Vec<_>>(), [run.id]);
+}
+
 async fn claim_skips_runs_not_due_and_other_workflows_and_queues(store: Arc<dyn Store>) {
     let now = Utc::now();
     // Postgres keeps microseconds.
@@ -1717,6 +1739,7 @@ conformance!(
     claim_takes_due_runs_in_batches_oldest_first,
     claim_skips_runs_not_due_and_other_workflows_and_queues,
     a_claim_takes_the_oldest_due_runs_across_its_workers_workflows,
+    a_worker_with_the_most_workflows_registration_allows_claims,
     concurrent_claims_never_hand_out_a_run_twice,
     a_step_is_recorded_once_and_replayed_in_the_journal,
     a_batch_of_step_reports_keeps_every_rule_of_single_reports,

@@ -447,7 +447,7 @@ impl Store for SqliteStore {
         }
         // Parameters: ?1 queue, ?2 now, ?3 how many, ?4 lease expiry, ?5 worker, then the
         // workflows from ?6 on.
-        let due = per_workflow(&workflows, 6, |workflow| {
+        let due = per_workflow(workflows.len(), 6, |workflow| {
             format!(
                 "select * from (select id, available_at from runs where {RUNS_DUE} \
                  and workflow = {workflow} and available_at <= ?2 \
@@ -511,7 +511,7 @@ impl Store for SqliteStore {
             return Ok(None);
         }
         // Parameters: ?1 queue, then the workflows from ?2 on.
-        let firsts = per_workflow(&workflows, 2, |workflow| {
+        let firsts = per_workflow(workflows.len(), 2, |workflow| {
             format!(
                 "select * from (select available_at from runs where {RUNS_DUE} \
                  and workflow = {workflow} order by available_at limit 1)"
@@ -1405,14 +1405,22 @@ fn lease_error(check: Result<()>, run: RunId) -> Error {
 /// `runs_due_idx` serves this filter, one workflow at a time, in `available_at, id` order.
 const RUNS_DUE: &str = "status in ('pending', 'sleeping', 'waiting') and queue = ?1";
 
-/// `select_of(parameter)` for each of a worker's `workflows`, bound from parameter
-/// `?first` on, joined with `union all`. Statements that look for a worker's runs take its
-/// workflows one by one this way, so each workflow's due runs are read in due order from
-/// `runs_due_idx` (each part stops at its limit) and a backlog of another workflow in the
-/// same queue is never read.
-fn per_workflow(workflows: &[&str], first: usize, select_of: impl Fn(String) -> String) -> String {
-    (0..workflows.len())
+/// The most terms SQLite takes in one compound `select` (`SQLITE_MAX_COMPOUND_SELECT`).
+const MAX_COMPOUND_SELECT: usize = 500;
+
+/// `select_of(parameter)` for each of a worker's `count` workflows, bound from parameter
+/// `?first` on, joined with `union all` (in nested groups of at most
+/// [`MAX_COMPOUND_SELECT`], since a worker may name up to 1,000 workflows). Statements that
+/// look for a worker's runs take its workflows one by one this way, so each workflow's due
+/// runs are read in due order from `runs_due_idx` (each part stops at its limit) and a
+/// backlog of another workflow in the same queue is never read.
+fn per_workflow(count: usize, first: usize, select_of: impl Fn(String) -> String) -> String {
+    let parts: Vec<String> = (0..count)
         .map(|n| select_of(format!("?{}", first + n)))
+        .collect();
+    parts
+        .chunks(MAX_COMPOUND_SELECT)
+        .map(|group| format!("select * from ({})", group.join(" union all ")))
         .collect::<Vec<_>>()
         .join(" union all ")
 }
