@@ -30,8 +30,13 @@ use tokio::sync::watch;
 
 /// The workflow every benchmark runs.
 const WORKFLOW: &str = "bench";
-/// Runs done before measuring, to register the worker and warm the connections.
+/// Runs done before measuring, to register the worker and warm the connections (W2; W1
+/// warms up with [`WARMUP_WAVES`] waves of its runs in flight, if that is more).
 const WARMUP_RUNS: usize = 5;
+/// W1 first runs this many times its runs in flight, unmeasured: enough for the server's
+/// connection pool to grow to the size the measured runs use, and for each of those
+/// connections to plan its statements.
+const WARMUP_WAVES: usize = 4;
 /// The longest the benchmark waits for its runs before failing.
 const GIVE_UP: Duration = Duration::from_secs(600);
 /// How many result checks are in flight at once after W1.
@@ -505,7 +510,8 @@ impl Bench {
         mut done: watch::Receiver<usize>,
     ) -> anyhow::Result<Measured> {
         // Warm-up runs get indexes past the measured ones.
-        let warmup: Vec<RunId> = futures::stream::iter(n..n + WARMUP_RUNS)
+        let warmup_runs = (WARMUP_WAVES * in_flight).max(WARMUP_RUNS);
+        let warmup: Vec<RunId> = futures::stream::iter(n..n + warmup_runs)
             .map(|i| self.start(i))
             .buffered(in_flight)
             .try_collect()
