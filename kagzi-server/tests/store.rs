@@ -1831,6 +1831,81 @@ async fn failed_statements(pool: &PgPool) -> i64 {
     .expect("statistics of the database")
 }
 
+/// PostgreSQL only: the server's connections to PostgreSQL send at once (`TCP_NODELAY`).
+/// Without it, a message that leaves in more than one piece waits for PostgreSQL's delayed
+/// acknowledgement, about 40 ms: over TLS (`sslmode=prefer`, the default) that is every
+/// message past one 16 KiB record, as a batch of starts or reports or a large input makes.
+/// sqlx 0.9.0 stopped setting it; `vendor/sqlx-core` sets it again. The connection is found
+/// among this process's sockets by the port PostgreSQL sees it come from.
+#[cfg(target_os = "linux")]
+#[sqlx::test(migrations = false)]
+async fn database_connections_send_without_waiting_for_acknowledgements(pool: PgPool) {
+    use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
+
+    let options = pool.connect_options();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
+    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
+    url.set_path(
+        options
+            .get_database()
+            .expect("the test database has a name"),
+    );
+    let store = PgStore::connect(url.as_str(), 1)
+        .await
+        .expect("the server's pool connects");
+    let client_port: Option<i32> = sqlx::query_scalar("select inet_client_port()")
+        .fetch_one(store.pool())
+        .await
+        .expect("the connection's port");
+    let Some(client_port) = client_port else {
+        eprintln!("DATABASE_URL names a Unix socket, which has no Nagle algorithm to turn off");
+        return;
+    };
+    let client_port = u16::try_from(client_port).expect("a TCP port");
+
+    let this_process = pidfd_open(getpid(), PidfdFlags::empty()).expect("a pidfd of this process");
+    let mut found = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").expect("this process's descriptors") {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // A copy of the descriptor (it may have closed since the listing: then skip it).
+        let Ok(socket) = pidfd_getfd(&this_process, fd, PidfdGetfdFlags::empty()) else {
+            continue;
+        };
+        let addresses = rustix::net::getsockname(&socket)
+            .ok()
+            .and_then(|a| std::net::SocketAddr::try_from(a).ok())
+            .zip(
+                rustix::net::getpeername(&socket)
+                    .ok()
+                    .flatten()
+                    .and_then(|a| std::net::SocketAddr::try_from(a).ok()),
+            );
+        let Some((local, peer)) = addresses else {
+            continue;
+        };
+        if local.port() == client_port && peer.port() == options.get_port() {
+            found += 1;
+            let nodelay = rustix::net::sockopt::tcp_nodelay(&socket).expect("TCP_NODELAY");
+            assert!(
+                nodelay,
+                "the connection from port {client_port} waits to fill packets (Nagle's algorithm)"
+            );
+        }
+    }
+    assert_eq!(
+        found, 1,
+        "the connection from port {client_port} is one of this process's sockets"
+    );
+}
+
 /// PostgreSQL only: a batch of step reports, heartbeats or completions reads the runs it
 /// names, not every run in flight. With thousands of runs held by other workers in a table
 /// not analyzed since (as after a burst), a plain join of the batch with the runs was planned
