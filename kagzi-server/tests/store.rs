@@ -1831,6 +1831,59 @@ async fn failed_statements(pool: &PgPool) -> i64 {
     .expect("statistics of the database")
 }
 
+/// PostgreSQL only: large payloads are stored compressed with LZ4, which PostgreSQL
+/// compresses and decompresses several times faster than its default (pglz). This
+/// PostgreSQL is built with LZ4, as the distributions' packages are; one built without it
+/// keeps pglz and would fail this test.
+#[sqlx::test(migrations = false)]
+async fn large_payloads_are_stored_compressed_with_lz4(pool: PgPool) {
+    let store = PgStore::new(pool.clone());
+    store.migrate().await.expect("migrations apply");
+    let now = Utc::now();
+    let large = json!({"text": "a durable workflow ".repeat(2_000)});
+    let id = store
+        .create_run(&new_run("greet", large.clone(), now), now)
+        .await
+        .expect("create")
+        .id;
+    let w = worker(&store, &["greet"]).await;
+    let task = store
+        .claim(&w, 1, now + LEASE, now)
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_eq!(task.input, large, "the input reads back whole");
+    let step = store
+        .record_step(
+            id,
+            task.lease_token,
+            &completed("fetch", 0, large.clone()),
+            now,
+        )
+        .await
+        .expect("step");
+    assert_eq!(
+        step.output,
+        Some(large),
+        "the step's result reads back whole"
+    );
+
+    let methods: (Option<String>, Option<String>) = sqlx::query_as(
+        "select pg_column_compression(r.input), pg_column_compression(s.output)
+         from kagzi.runs r join kagzi.steps s on s.run_id = r.id
+         where r.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .expect("compression methods");
+    assert_eq!(
+        methods,
+        (Some("lz4".to_owned()), Some("lz4".to_owned())),
+        "the run's input and the step's result are compressed with LZ4"
+    );
+}
+
 /// PostgreSQL only: the server's connections to PostgreSQL send at once (`TCP_NODELAY`).
 /// Without it, a message that leaves in more than one piece waits for PostgreSQL's delayed
 /// acknowledgement, about 40 ms: over TLS (`sslmode=prefer`, the default) that is every
