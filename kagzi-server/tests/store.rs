@@ -16,6 +16,8 @@ use kagzi_server::store::{
 use serde_json::json;
 use sqlx::PgPool;
 
+mod support;
+
 const LEASE: chrono::Duration = chrono::Duration::seconds(30);
 
 fn new_run(workflow: &str, input: serde_json::Value, now: DateTime<Utc>) -> NewRun {
@@ -1895,15 +1897,7 @@ async fn large_payloads_are_stored_compressed_with_lz4(pool: PgPool) {
 async fn database_connections_send_without_waiting_for_acknowledgements(pool: PgPool) {
     use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
 
-    let options = pool.connect_options();
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
-    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
-    url.set_path(
-        options
-            .get_database()
-            .expect("the test database has a name"),
-    );
-    let store = PgStore::connect(url.as_str(), 1)
+    let store = PgStore::connect(&support::database_url(&pool), 1)
         .await
         .expect("the server's pool connects");
     let client_port: Option<i32> = sqlx::query_scalar("select inet_client_port()")
@@ -1944,7 +1938,7 @@ async fn database_connections_send_without_waiting_for_acknowledgements(pool: Pg
         let Some((local, peer)) = addresses else {
             continue;
         };
-        if local.port() == client_port && peer.port() == options.get_port() {
+        if local.port() == client_port && peer.port() == pool.connect_options().get_port() {
             found += 1;
             let nodelay = rustix::net::sockopt::tcp_nodelay(&socket).expect("TCP_NODELAY");
             assert!(
