@@ -71,6 +71,9 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+# No generated string holds U+0000: PostgreSQL cannot store it, so the API refuses it with a
+# 422 by design wherever a payload may hold any JSON value (tests/api.rs checks that), and
+# a schema cannot say "no U+0000 anywhere in this value".
 st_run() {
   "$venv/bin/st" run openapi/openapi.json \
     --url "http://127.0.0.1:$port" \
@@ -82,6 +85,7 @@ st_run() {
     --workers 1 \
     ${FUZZ_MAX_TIME:+--max-time "$FUZZ_MAX_TIME"} \
     --seed 1 \
+    --generation-allow-x00 false \
     --no-color \
     "$@"
 }
@@ -93,8 +97,10 @@ st_run() {
 # - a batch carries many arbitrary JSON payloads, and a payload with U+0000 in a string
 #   (which PostgreSQL cannot store) refuses the batch, naming the item, as its own route
 #   refuses it; with dozens of generated payloads per batch, schemathesis makes one nearly
-#   every time.
-lenient_ops=(create_schedule update_schedule report_batch start_runs)
+#   every time;
+# - a bulk cancel or retry must name at least one filter field, so that no call touches every
+#   run by default, which a schema of optional fields cannot say.
+lenient_ops=(create_schedule update_schedule report_batch start_runs cancel_runs retry_runs)
 include=() exclude=()
 for op in "${lenient_ops[@]}"; do
   include+=(--include-operation-id "$op")

@@ -91,6 +91,66 @@ pub struct Config {
     /// whatever timeout it asks for (at most 60000); e.g. below a proxy's idle timeout.
     #[arg(long, env = "KAGZI_LONG_POLL_MAX_MS", default_value_t = 60_000)]
     pub long_poll_max_ms: u64,
+
+    /// How long a completed run is kept after it ended, with its steps and signals: a
+    /// duration such as `7d`, `12h`, `30m`, `90s`, or `never` (kept for good).
+    #[arg(long, env = "KAGZI_RETENTION_COMPLETED", default_value = "7d")]
+    pub retention_completed: Retention,
+
+    /// How long a failed run is kept after it ended (`never`: for good).
+    #[arg(long, env = "KAGZI_RETENTION_FAILED", default_value = "30d")]
+    pub retention_failed: Retention,
+
+    /// How long a cancelled run is kept after it ended (`never`: for good).
+    #[arg(long, env = "KAGZI_RETENTION_CANCELLED", default_value = "7d")]
+    pub retention_cancelled: Retention,
+
+    /// How often the reaper deletes runs past their retention, in milliseconds.
+    #[arg(long, env = "KAGZI_RETENTION_INTERVAL_MS", default_value_t = 60_000)]
+    pub retention_interval_ms: u64,
+}
+
+/// How long ended runs are kept: a duration, or for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+impl FromStr for Retention {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("never") {
+            return Ok(Self(None));
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let invalid = || {
+            format!(
+                "{s:?} is not a retention: give a number and a unit (ms, s, m, h, d), e.g. 7d, or never"
+            )
+        };
+        let n: u64 = number.parse().map_err(|_| invalid())?;
+        let unit_ms: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(invalid()),
+        };
+        n.checked_mul(unit_ms)
+            .map(|ms| Self(Some(Duration::from_millis(ms))))
+            .ok_or_else(invalid)
+    }
+}
+
+impl fmt::Display for Retention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("never"),
+            Some(d) => write!(f, "{}ms", d.as_millis()),
+        }
+    }
 }
 
 /// One API key. It is kept out of every `Debug` and `Display` output and out of logs.
@@ -142,6 +202,9 @@ impl fmt::Debug for Config {
             .field("idempotency_window_ms", &self.idempotency_window_ms)
             .field("poll_recheck_ms", &self.poll_recheck_ms)
             .field("long_poll_max_ms", &self.long_poll_max_ms)
+            .field("retention_completed", &self.retention_completed)
+            .field("retention_failed", &self.retention_failed)
+            .field("retention_cancelled", &self.retention_cancelled)
             .finish_non_exhaustive()
     }
 }
@@ -172,6 +235,16 @@ impl Config {
         Duration::from_millis(self.heartbeat_ms)
     }
 
+    /// How long runs that ended in each status are kept (`None`: for good).
+    pub fn retention(&self) -> [(crate::model::RunStatus, Option<Duration>); 3] {
+        use crate::model::RunStatus;
+        [
+            (RunStatus::Completed, self.retention_completed.0),
+            (RunStatus::Failed, self.retention_failed.0),
+            (RunStatus::Cancelled, self.retention_cancelled.0),
+        ]
+    }
+
     /// A worker silent for this long is offline: three missed heartbeats.
     pub fn worker_timeout(&self) -> Duration {
         self.heartbeat() * 3
@@ -181,6 +254,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retentions_read_durations_and_never() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!("7d".parse::<Retention>(), Ok(Retention(Some(7 * day))));
+        assert_eq!(
+            "90s".parse::<Retention>(),
+            Ok(Retention(Some(Duration::from_secs(90))))
+        );
+        assert_eq!("Never".parse::<Retention>(), Ok(Retention(None)));
+        for bad in ["", "7", "d", "7w", "-1d", "99999999999999999999d"] {
+            let error = bad.parse::<Retention>().expect_err(bad);
+            assert!(error.contains("e.g. 7d"), "{error}");
+        }
+        let config = Config::defaults();
+        assert_eq!(config.retention_failed, Retention(Some(30 * day)));
+    }
 
     #[test]
     fn api_keys_split_on_commas_and_never_show_in_debug() {

@@ -88,6 +88,12 @@ impl Server {
                 state.config.worker_timeout(),
                 shutdown.clone(),
             )),
+            tokio::spawn(engine::reaper::run(
+                state.store.clone(),
+                state.config.retention(),
+                std::time::Duration::from_millis(state.config.retention_interval_ms),
+                shutdown.clone(),
+            )),
             tokio::spawn(engine::scheduler::run(
                 state.store.clone(),
                 state.wakeups.clone(),

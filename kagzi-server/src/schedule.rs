@@ -1,10 +1,9 @@
 //! Cron schedules as data and as arithmetic: the stored [`Schedule`], its [`Overlap`] and
 //! [`CatchUp`] policies, cron expressions in a time zone ([`CronSpec`]), and the pure
 //! decisions the scheduler makes — which due times to start after a pause in service
-//! ([`plan`]) and what to do when the previous run is still going ([`Overlap::resolve`]).
+//! ([`plan`]) and what to do when the previous run is still going ([`resolve`]).
 //! Nothing here touches the database or the clock; `now` is always passed in.
 
-use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -13,7 +12,8 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
+
+pub use kagzi_proto::{Overlap, ScheduleId};
 
 /// The most missed due times one catch-up may start.
 pub const MAX_CATCH_UP: u32 = 1000;
@@ -21,73 +21,7 @@ pub const MAX_CATCH_UP: u32 = 1000;
 /// late (the scheduler fires within milliseconds, but a busy database can add more).
 pub const MIN_CATCH_UP_WINDOW_MS: u64 = 1000;
 
-/// Identifies one schedule.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    sqlx::Type,
-    utoipa::ToSchema,
-)]
-#[schema(value_type = String, format = Uuid, example = "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a")]
-#[serde(transparent)]
-#[sqlx(transparent)]
-pub struct ScheduleId(pub Uuid);
-
-impl ScheduleId {
-    /// A new, time-ordered (UUID v7) id.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for ScheduleId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for ScheduleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// What happens at a due time while the schedule's previous run has not ended.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    Serialize,
-    Deserialize,
-    sqlx::Type,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Overlap {
-    /// Start nothing; the due time is dropped (the default).
-    #[default]
-    Skip,
-    /// Keep one due time and start it when the previous run ends; further ones are dropped.
-    BufferOne,
-    /// Start a run at every due time, however many are still going.
-    AllowAll,
-}
-
-/// How [`Overlap::resolve`] decided: the due times to start now, the one left buffered, and
+/// How [`resolve`] decided: the due times to start now, the one left buffered, and
 /// how many were dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Resolution {
@@ -99,50 +33,49 @@ pub struct Resolution {
     pub skipped: usize,
 }
 
-impl Overlap {
-    /// Decides what to start given the schedule's `buffered` due time, the newly `due` times
-    /// (oldest first) and whether a run of the schedule is still going (`active`).
-    pub fn resolve(
-        self,
-        buffered: Option<DateTime<Utc>>,
-        due: &[DateTime<Utc>],
-        active: bool,
-    ) -> Resolution {
-        let mut candidates: Vec<DateTime<Utc>> =
-            buffered.into_iter().chain(due.iter().copied()).collect();
-        candidates.dedup();
-        match self {
-            Self::AllowAll => Resolution {
-                start: candidates,
-                buffered: None,
-                skipped: 0,
-            },
-            Self::Skip => {
-                // The first one starts (when nothing runs); every later one would overlap it.
-                let start: Vec<_> = if active {
-                    Vec::new()
-                } else {
-                    candidates.first().copied().into_iter().collect()
-                };
-                Resolution {
-                    skipped: candidates.len() - start.len(),
-                    start,
-                    buffered: None,
-                }
+/// Decides what `overlap` starts given the schedule's `buffered` due time, the newly `due`
+/// times (oldest first) and whether a run of the schedule is still going (`active`).
+pub fn resolve(
+    overlap: Overlap,
+    buffered: Option<DateTime<Utc>>,
+    due: &[DateTime<Utc>],
+    active: bool,
+) -> Resolution {
+    let mut candidates: Vec<DateTime<Utc>> =
+        buffered.into_iter().chain(due.iter().copied()).collect();
+    candidates.dedup();
+    match overlap {
+        Overlap::AllowAll => Resolution {
+            start: candidates,
+            buffered: None,
+            skipped: 0,
+        },
+        Overlap::BufferOne => {
+            let mut rest = candidates.into_iter();
+            let start: Vec<_> = if active {
+                Vec::new()
+            } else {
+                rest.next().into_iter().collect()
+            };
+            let buffered = rest.next();
+            Resolution {
+                start,
+                buffered,
+                skipped: rest.count(),
             }
-            Self::BufferOne => {
-                let mut rest = candidates.into_iter();
-                let start: Vec<_> = if active {
-                    Vec::new()
-                } else {
-                    rest.next().into_iter().collect()
-                };
-                let buffered = rest.next();
-                Resolution {
-                    start,
-                    buffered,
-                    skipped: rest.count(),
-                }
+        }
+        // Skip (and any policy added later: skipping never starts more than asked).
+        _ => {
+            // The first one starts (when nothing runs); every later one would overlap it.
+            let start: Vec<_> = if active {
+                Vec::new()
+            } else {
+                candidates.first().copied().into_iter().collect()
+            };
+            Resolution {
+                skipped: candidates.len() - start.len(),
+                start,
+                buffered: None,
             }
         }
     }
@@ -278,16 +211,8 @@ pub fn plan(
     }
 }
 
-/// A schedule as stored and as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-#[schema(example = json!({
-    "id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "name": "daily_report",
-    "workflow": "daily_report", "queue": "reports", "cron": "0 0 9 * * *", "time_zone": "UTC",
-    "input": {"team": "ops"}, "retries": 0, "overlap": "skip", "catch_up_window_ms": null,
-    "catch_up_max": 1, "paused": false, "next_fire_at": "2026-11-27T09:00:00Z",
-    "last_fired_at": null, "buffered_at": null, "version": 1,
-    "created_at": "2026-11-26T08:00:00Z", "updated_at": "2026-11-26T08:00:00Z"
-}))]
+/// A schedule as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Schedule {
     /// The schedule's id.
     pub id: ScheduleId,
@@ -325,6 +250,32 @@ pub struct Schedule {
     pub created_at: DateTime<Utc>,
     /// When the schedule last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl From<Schedule> for kagzi_proto::Schedule {
+    fn from(s: Schedule) -> Self {
+        let catch_up = s.catch_up();
+        kagzi_proto::Schedule {
+            id: s.id,
+            name: s.name,
+            workflow: s.workflow,
+            queue: s.queue,
+            cron: s.cron,
+            time_zone: s.time_zone,
+            input: s.input,
+            retries: crate::model::count(s.retries),
+            overlap: s.overlap,
+            catch_up_window_ms: catch_up.window_ms,
+            catch_up_max: catch_up.max,
+            paused: s.paused,
+            next_fire_at: s.next_fire_at,
+            last_fired_at: s.last_fired_at,
+            buffered_at: s.buffered_at,
+            version: u64::try_from(s.version).unwrap_or_default(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
 }
 
 impl Schedule {
@@ -449,30 +400,30 @@ mod tests {
     #[test]
     fn skip_starts_one_when_idle_and_none_while_running() {
         let due = [at(9, 0, 1), at(9, 0, 2)];
-        let idle = Overlap::Skip.resolve(None, &due, false);
+        let idle = resolve(Overlap::Skip, None, &due, false);
         assert_eq!(idle.start, vec![at(9, 0, 1)]);
         assert_eq!(idle.skipped, 1);
-        let busy = Overlap::Skip.resolve(None, &due, true);
+        let busy = resolve(Overlap::Skip, None, &due, true);
         assert!(busy.start.is_empty());
         assert_eq!((busy.skipped, busy.buffered), (2, None));
     }
 
     #[test]
     fn buffer_one_keeps_one_due_time_for_later() {
-        let busy = Overlap::BufferOne.resolve(None, &[at(9, 0, 1), at(9, 0, 2)], true);
+        let busy = resolve(Overlap::BufferOne, None, &[at(9, 0, 1), at(9, 0, 2)], true);
         assert_eq!(busy.buffered, Some(at(9, 0, 1)));
         assert_eq!((busy.start.len(), busy.skipped), (0, 1));
-        let still_busy = Overlap::BufferOne.resolve(Some(at(9, 0, 1)), &[at(9, 0, 3)], true);
+        let still_busy = resolve(Overlap::BufferOne, Some(at(9, 0, 1)), &[at(9, 0, 3)], true);
         assert_eq!(still_busy.buffered, Some(at(9, 0, 1)));
         assert_eq!(still_busy.skipped, 1);
-        let idle = Overlap::BufferOne.resolve(Some(at(9, 0, 1)), &[], false);
+        let idle = resolve(Overlap::BufferOne, Some(at(9, 0, 1)), &[], false);
         assert_eq!(idle.start, vec![at(9, 0, 1)]);
         assert_eq!(idle.buffered, None);
     }
 
     #[test]
     fn allow_all_starts_everything() {
-        let all = Overlap::AllowAll.resolve(None, &[at(9, 0, 1), at(9, 0, 2)], true);
+        let all = resolve(Overlap::AllowAll, None, &[at(9, 0, 1), at(9, 0, 2)], true);
         assert_eq!(all.start, vec![at(9, 0, 1), at(9, 0, 2)]);
         assert_eq!(all.skipped, 0);
     }

@@ -1003,6 +1003,9 @@ async fn framework_rejections_are_problems_too(pool: PgPool) {
         .expect("request");
     let no_type = reply(raw(&app, no_type).await).await;
     assert_problem(&no_type, StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type");
+    // serde reads a struct from an array of its fields; the API takes objects only.
+    let array = post(&app, "/v1/runs", json!(["w", null])).await;
+    assert_problem(&array, StatusCode::UNPROCESSABLE_ENTITY, "JSON object");
     let nul = post(&app, "/v1/runs", json!({"workflow": "a\u{0}b"})).await;
     assert_problem(&nul, StatusCode::UNPROCESSABLE_ENTITY, "U+0000");
     let nul_input = post(
@@ -1019,4 +1022,97 @@ async fn framework_rejections_are_problems_too(pool: PgPool) {
     )
     .await;
     assert_problem(&far, StatusCode::UNPROCESSABLE_ENTITY, "delay_ms");
+}
+
+/// The routes the dashboard and the command line read: counts by status, a run's signals,
+/// the workers and the queues, and the run filters by idempotency key and time.
+#[sqlx::test(migrations = false)]
+async fn operators_read_counts_signals_workers_and_queues(pool: PgPool) {
+    let app = router(pool).await;
+    let first = post(
+        &app,
+        "/v1/runs",
+        json!({"workflow": "greet", "idempotency_key": "order-1"}),
+    )
+    .await;
+    let run = first.body["id"].as_str().expect("run id").to_owned();
+    post(&app, "/v1/runs", json!({"workflow": "greet"})).await;
+    post(
+        &app,
+        "/v1/runs",
+        json!({"workflow": "wave", "queue": "other"}),
+    )
+    .await;
+
+    let counts = get(&app, "/v1/runs/counts?workflow=greet").await;
+    assert_eq!(counts.status, StatusCode::OK, "{:?}", counts.body);
+    assert_eq!(
+        (
+            counts.body["pending"].as_u64(),
+            counts.body["total"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(counts.body["capped"], false);
+
+    let by_key = get(&app, "/v1/runs?idempotency_key=order-1").await;
+    assert_eq!(by_key.body["runs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(by_key.body["runs"][0]["id"], run.as_str());
+    let future = get(&app, "/v1/runs?created_after=2099-01-01T00:00:00Z").await;
+    assert_eq!(future.body["runs"].as_array().map(Vec::len), Some(0));
+    let backwards = get(
+        &app,
+        "/v1/runs?created_after=2026-02-01T00:00:00Z&created_before=2026-01-01T00:00:00Z",
+    )
+    .await;
+    // An empty or inverted range is a valid question with no runs in its answer.
+    assert_eq!(backwards.status, StatusCode::OK);
+    assert_eq!(backwards.body["runs"].as_array().map(Vec::len), Some(0));
+
+    post(
+        &app,
+        &format!("/v1/runs/{run}/signals/approve"),
+        json!({"by": "ada"}),
+    )
+    .await;
+    let signals = get(&app, &format!("/v1/runs/{run}/signals")).await;
+    assert_eq!(signals.status, StatusCode::OK);
+    assert_eq!(signals.body["signals"][0]["name"], "approve");
+    assert_eq!(signals.body["signals"][0]["payload"], json!({"by": "ada"}));
+    assert!(signals.body["signals"][0]["received_as"].is_null());
+    let unknown = get(
+        &app,
+        "/v1/runs/0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a/signals",
+    )
+    .await;
+    assert_problem(&unknown, StatusCode::NOT_FOUND, "not found");
+
+    let worker = register(&app, &["greet"], 4).await;
+    let workers = get(&app, "/v1/workers?status=online").await;
+    assert_eq!(workers.status, StatusCode::OK, "{:?}", workers.body);
+    assert_eq!(workers.body["workers"][0]["id"], worker.as_str());
+    assert_eq!(workers.body["workers"][0]["capacity"], 4);
+    assert_eq!(workers.body["workers"][0]["runs_held"], 0);
+    assert_problem(
+        &get(&app, "/v1/workers?status=asleep").await,
+        StatusCode::BAD_REQUEST,
+        "unknown variant",
+    );
+
+    let queues = get(&app, "/v1/queues").await;
+    assert_eq!(queues.status, StatusCode::OK);
+    let rows = queues.body["queues"].as_array().expect("queues");
+    let greet = rows
+        .iter()
+        .find(|q| q["workflow"] == "greet")
+        .expect("greet's queue");
+    assert_eq!(
+        (greet["due"].as_u64(), greet["workers"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert!(greet["oldest_due_at"].is_string());
+    assert!(
+        rows.iter()
+            .any(|q| q["queue"] == "other" && q["workers"] == 0)
+    );
 }

@@ -9,9 +9,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use kagzi_server::model::{Lease, RunId, RunStatus, StepStatus, Task, Worker};
 use kagzi_server::schedule::{CatchUp, Overlap, ScheduleId};
 use kagzi_server::store::{
-    Backoff, Claim, Completion, Error, NewRun, NewSchedule, NewWorker, PgStore, RunFilter,
+    Backoff, Claim, Completion, Error, Fork, NewRun, NewSchedule, NewWorker, PgStore, RunFilter,
     ScheduleFilter, ScheduleFire, ScheduleKey, ScheduleSpec, ScheduleUpdate, SqliteStore,
-    StepReport, StepWrite, Store, Suspend,
+    StepReport, StepWrite, Store, Suspend, WorkerFilter, WorkerStatus,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -42,6 +42,8 @@ async fn worker(store: &dyn Store, workflows: &[&str]) -> Worker {
         workflows: workflows.iter().map(|w| (*w).to_owned()).collect(),
         capacity: 10,
         hostname: Some("test".to_owned()),
+        build_id: None,
+        pinned_workflows: Vec::new(),
     };
     let id = store
         .register_worker(&new, Utc::now())
@@ -998,6 +1000,613 @@ async fn listing_filters_and_pages_newest_first(store: Arc<dyn Store>) {
     assert!(store.list_runs(&by_status).await.expect("list").is_empty());
 }
 
+async fn listing_filters_by_key_and_time_range(store: Arc<dyn Store>) {
+    let t0: DateTime<Utc> = "2026-11-26T09:00:00Z".parse().expect("a time");
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        // A run made an hour apart from the previous one, as the server makes them.
+        let at = t0 + chrono::Duration::hours(i);
+        let mut new = new_run("greet", json!(i), at);
+        new.idempotency_key = Some(format!("order-{i}"));
+        ids.push(store.create_run(&new, at).await.expect("create").id);
+    }
+    let listed = |filter: RunFilter| {
+        let store = Arc::clone(&store);
+        async move {
+            let runs = store.list_runs(&filter).await.expect("list");
+            runs.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        }
+    };
+    let by_key = RunFilter {
+        idempotency_key: Some("order-2".to_owned()),
+        limit: 10,
+        ..RunFilter::default()
+    };
+    assert_eq!(listed(by_key).await, [ids[2]]);
+    let range = RunFilter {
+        created_after: Some(t0 + chrono::Duration::hours(1)),
+        created_before: Some(t0 + chrono::Duration::hours(3)),
+        limit: 10,
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        listed(range).await,
+        [ids[2], ids[1]],
+        "newest first, end excluded"
+    );
+    let since = RunFilter {
+        created_after: Some(t0 + chrono::Duration::minutes(90)),
+        limit: 10,
+        ..RunFilter::default()
+    };
+    assert_eq!(listed(since).await, [ids[3], ids[2]]);
+}
+
+async fn counts_by_status_stop_at_the_cap(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    for i in 0..5 {
+        store
+            .create_run(&new_run("greet", json!(i), now), now)
+            .await
+            .expect("create");
+    }
+    let other = store
+        .create_run(&new_run("other", json!(0), now), now)
+        .await
+        .expect("create");
+    store.cancel_run(other.id, now).await.expect("cancel");
+    let w = worker(&*store, &["greet"]).await;
+    store.claim(&w, 2, now + LEASE, now).await.expect("claim");
+
+    let all = store
+        .count_runs(&RunFilter::default(), 100)
+        .await
+        .expect("count");
+    assert_eq!(
+        (all.pending, all.running, all.cancelled, all.total),
+        (3, 2, 1, 6)
+    );
+    assert!(!all.capped);
+    let greets = RunFilter {
+        workflow: Some("greet".to_owned()),
+        status: Some(RunStatus::Failed),
+        ..RunFilter::default()
+    };
+    let capped = store.count_runs(&greets, 2).await.expect("count");
+    assert_eq!(
+        (capped.pending, capped.running, capped.cancelled),
+        (2, 2, 0)
+    );
+    assert!(capped.capped, "3 pending counted to the cap of 2");
+}
+
+async fn a_runs_signals_are_listed_with_how_they_were_received(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let run = store
+        .create_run(&new_run("greet", json!(null), now), now)
+        .await
+        .expect("create")
+        .id;
+    assert!(store.list_signals(run).await.expect("list").is_empty());
+    store
+        .send_signal(run, "approve", &json!({"by": "ada"}), now)
+        .await
+        .expect("send");
+    store
+        .send_signal(run, "approve", &json!({"by": "bob"}), now)
+        .await
+        .expect("send");
+    let w = worker(&*store, &["greet"]).await;
+    let tasks = store.claim(&w, 1, now + LEASE, now).await.expect("claim");
+    store
+        .receive_signal(
+            run,
+            lease_of(&tasks, run),
+            "approve",
+            "signal:approve",
+            0,
+            now,
+        )
+        .await
+        .expect("receive");
+    let signals = store.list_signals(run).await.expect("list");
+    assert_eq!(signals.len(), 2);
+    assert_eq!(signals[0].payload, json!({"by": "ada"}));
+    assert_eq!(signals[0].received_as.as_deref(), Some("signal:approve"));
+    assert_eq!(signals[1].received_as, None, "the second one still waits");
+    let unknown = store.list_signals(RunId::new()).await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))));
+}
+
+async fn workers_are_listed_with_the_runs_they_hold(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    for i in 0..3 {
+        store
+            .create_run(&new_run("greet", json!(i), now), now)
+            .await
+            .expect("create");
+    }
+    let first = worker(&*store, &["greet"]).await;
+    let second = worker(&*store, &["greet", "wave"]).await;
+    store
+        .claim(&first, 2, now + LEASE, now)
+        .await
+        .expect("claim");
+    store
+        .deregister_worker(second.id, now)
+        .await
+        .expect("deregister");
+    let all = store
+        .list_workers(&WorkerFilter {
+            limit: 10,
+            ..WorkerFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        all.iter().map(|w| w.worker.id).collect::<Vec<_>>(),
+        [second.id, first.id],
+        "newest first"
+    );
+    assert_eq!((all[1].runs_held, all[1].status), (2, WorkerStatus::Online));
+    assert_eq!(all[0].status, WorkerStatus::Offline);
+    assert_eq!(all[0].worker.workflows, ["greet", "wave"]);
+    let online = store
+        .list_workers(&WorkerFilter {
+            status: Some(WorkerStatus::Online),
+            limit: 10,
+            ..WorkerFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(online.len(), 1);
+}
+
+async fn queue_stats_count_the_runs_in_flight_and_the_workers(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    for i in 0..3 {
+        store
+            .create_run(&new_run("greet", json!(i), now), now)
+            .await
+            .expect("create");
+    }
+    let later = now + chrono::Duration::hours(1);
+    store
+        .create_run(&new_run("greet", json!(9), later), now)
+        .await
+        .expect("create a delayed run");
+    let ended = store
+        .create_run(&new_run("wave", json!(0), now), now)
+        .await
+        .expect("create");
+    store.cancel_run(ended.id, now).await.expect("cancel");
+    let w = worker(&*store, &["greet", "idle"]).await;
+    store.claim(&w, 1, now + LEASE, now).await.expect("claim");
+    let stats = store.queue_stats(now).await.expect("stats");
+    let names: Vec<_> = stats.iter().map(|s| s.workflow.as_str()).collect();
+    assert_eq!(names, ["greet", "idle"], "an ended run is not counted");
+    let greet = &stats[0];
+    assert_eq!(
+        (greet.due, greet.scheduled, greet.running, greet.workers),
+        (2, 1, 1, 1)
+    );
+    assert!(greet.oldest_due_at.is_some_and(|at| at <= now));
+    assert_eq!((stats[1].due, stats[1].workers), (0, 1));
+}
+
+/// A worker of `build`, pinning `pinned` of its workflows.
+async fn worker_of_build(
+    store: &dyn Store,
+    workflows: &[&str],
+    build: Option<&str>,
+    pinned: &[&str],
+) -> Worker {
+    let new = NewWorker {
+        queue: "default".to_owned(),
+        workflows: workflows.iter().map(|w| (*w).to_owned()).collect(),
+        capacity: 10,
+        hostname: None,
+        build_id: build.map(str::to_owned),
+        pinned_workflows: pinned.iter().map(|w| (*w).to_owned()).collect(),
+    };
+    let id = store
+        .register_worker(&new, Utc::now())
+        .await
+        .expect("register");
+    store.get_worker(id).await.expect("worker exists")
+}
+
+async fn a_retried_run_keeps_its_journal_and_gets_its_retries_again(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let mut new = new_run("greet", json!({}), now);
+    new.retries = 0;
+    let id = store.create_run(&new, now).await.expect("create").id;
+    let w = worker(&*store, &["greet"]).await;
+    let first = store.claim(&w, 1, now + LEASE, now).await.expect("claim");
+    let lease = lease_of(&first, id);
+    store
+        .record_step(id, lease, &completed("a", 0, json!(1)), now)
+        .await
+        .expect("step");
+    let failed = store
+        .fail_run(id, lease, "boom", true, backoff(), now)
+        .await
+        .expect("fail");
+    assert_eq!(failed.status, RunStatus::Failed, "no retries");
+
+    let retried = store.retry_run(id, now).await.expect("retry");
+    assert_eq!((retried.status, retried.attempts), (RunStatus::Pending, 1));
+    let again = store.claim(&w, 1, now + LEASE, now).await.expect("claim");
+    assert_eq!(again[0].attempt, 2, "attempts count on");
+    assert_eq!(again[0].journal.len(), 1, "the finished step is replayed");
+    let stale = store
+        .record_step(id, lease, &completed("b", 1, json!(2)), now)
+        .await;
+    assert!(
+        matches!(stale, Err(Error::LeaseLost(_))),
+        "the old attempt is fenced"
+    );
+    let refused = store.retry_run(id, now).await;
+    assert!(
+        matches!(refused, Err(Error::Conflict(_))),
+        "a running run is not retried"
+    );
+    let failed = store
+        .fail_run(id, again[0].lease_token, "boom", true, backoff(), now)
+        .await
+        .expect("fail");
+    assert_eq!(
+        failed.status,
+        RunStatus::Failed,
+        "the retry policy counted again from 0"
+    );
+    let unknown = store.retry_run(RunId::new(), now).await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))));
+}
+
+async fn a_fork_copies_the_journal_before_its_step_and_leaves_the_original(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let id = store
+        .create_run(&new_run("greet", json!({"n": 1}), now), now)
+        .await
+        .expect("create")
+        .id;
+    let w = worker(&*store, &["greet"]).await;
+    let tasks = store.claim(&w, 1, now + LEASE, now).await.expect("claim");
+    let lease = lease_of(&tasks, id);
+    for (position, key) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        let position = u32::try_from(position).expect("small");
+        store
+            .record_step(id, lease, &completed(key, position, json!(position)), now)
+            .await
+            .expect("step");
+    }
+    store
+        .complete_run(id, lease, &json!("done"), now)
+        .await
+        .expect("complete");
+    let fork = Fork {
+        from_step: Some("c".to_owned()),
+        input: Some(json!({"n": 2})),
+        queue: None,
+    };
+    let forked = store.fork_run(id, &fork, now).await.expect("fork");
+    assert_eq!(
+        (forked.status, forked.forked_from),
+        (RunStatus::Pending, Some(id))
+    );
+    assert_eq!(forked.input, json!({"n": 2}));
+    let claimed = store.claim(&w, 1, now + LEASE, now).await.expect("claim");
+    assert_eq!(claimed[0].run_id, forked.id);
+    assert_eq!(claimed[0].attempt, 1);
+    let keys: Vec<&str> = claimed[0].journal.iter().map(|j| j.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["a", "b"],
+        "steps before c, handed to the fork's first attempt"
+    );
+    assert_eq!(
+        store.list_steps(id).await.expect("steps").len(),
+        5,
+        "original untouched"
+    );
+    let whole = store
+        .fork_run(id, &Fork::default(), now)
+        .await
+        .expect("fork from the start");
+    assert!(store.list_steps(whole.id).await.expect("steps").is_empty());
+    let missing = Fork {
+        from_step: Some("zz".to_owned()),
+        ..Fork::default()
+    };
+    assert!(matches!(
+        store.fork_run(id, &missing, now).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn only_ended_runs_without_running_children_are_deleted(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let parent = store
+        .create_run(&new_run("greet", json!(null), now), now)
+        .await
+        .expect("create")
+        .id;
+    let mut child = new_run("greet", json!(null), now);
+    child.parent_id = Some(parent);
+    let child = store.create_run(&child, now).await.expect("create").id;
+    assert!(matches!(
+        store.delete_run(parent).await,
+        Err(Error::Conflict(_))
+    ));
+    store
+        .send_signal(parent, "x", &json!(1), now)
+        .await
+        .expect("signal");
+    // Cancel the parent alone: its child stays pending.
+    let w = worker(&*store, &["greet"]).await;
+    let tasks = store.claim(&w, 2, now + LEASE, now).await.expect("claim");
+    store
+        .complete_run(parent, lease_of(&tasks, parent), &json!(1), now)
+        .await
+        .expect("complete");
+    let kept = store.delete_run(parent).await;
+    assert!(
+        matches!(kept, Err(Error::Conflict(ref m)) if m.contains("child")),
+        "{kept:?}"
+    );
+    store
+        .complete_run(child, lease_of(&tasks, child), &json!(1), now)
+        .await
+        .expect("complete");
+    store.delete_run(parent).await.expect("deleted");
+    assert!(matches!(
+        store.get_run(parent).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.list_signals(parent).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        store.get_run(child).await.expect("child kept").parent_id,
+        None
+    );
+}
+
+async fn the_reaper_deletes_ended_runs_past_their_window_in_batches(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let old = now - chrono::Duration::days(10);
+    let w = worker(&*store, &["greet"]).await;
+    let mut ended = Vec::new();
+    for i in 0..5 {
+        let id = store
+            .create_run(&new_run("greet", json!(i), old), old)
+            .await
+            .expect("create")
+            .id;
+        ended.push(id);
+    }
+    let tasks = store.claim(&w, 5, old + LEASE, old).await.expect("claim");
+    for id in &ended {
+        store
+            .complete_run(*id, lease_of(&tasks, *id), &json!(1), old)
+            .await
+            .expect("complete");
+    }
+    let recent = store
+        .create_run(&new_run("greet", json!(9), now), now)
+        .await
+        .expect("create")
+        .id;
+    let cutoff = now - chrono::Duration::days(7);
+    assert_eq!(
+        store
+            .reap_runs(RunStatus::Failed, cutoff, 10)
+            .await
+            .expect("reap"),
+        0,
+        "another status's window"
+    );
+    assert_eq!(
+        store
+            .reap_runs(RunStatus::Completed, cutoff, 3)
+            .await
+            .expect("reap"),
+        3
+    );
+    assert_eq!(
+        store
+            .reap_runs(RunStatus::Completed, cutoff, 3)
+            .await
+            .expect("reap"),
+        2
+    );
+    assert_eq!(
+        store
+            .reap_runs(RunStatus::Completed, cutoff, 3)
+            .await
+            .expect("reap"),
+        0
+    );
+    assert!(
+        store.get_run(recent).await.is_ok(),
+        "a run that has not ended stays"
+    );
+    assert!(store.list_steps(ended[0]).await.is_err());
+}
+
+async fn bulk_actions_change_only_matching_runs_and_repeat_harmlessly(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let mut greets = Vec::new();
+    for i in 0..3 {
+        greets.push(
+            store
+                .create_run(&new_run("greet", json!(i), now), now)
+                .await
+                .expect("create")
+                .id,
+        );
+    }
+    let other = store
+        .create_run(&new_run("other", json!(0), now), now)
+        .await
+        .expect("create")
+        .id;
+    let filter = RunFilter {
+        workflow: Some("greet".to_owned()),
+        limit: 2,
+        ..RunFilter::default()
+    };
+    let first = store.cancel_runs(&filter, now).await.expect("cancel");
+    assert_eq!((first.changed.len(), first.more), (2, true));
+    let second = store.cancel_runs(&filter, now).await.expect("cancel");
+    assert_eq!((second.changed.len(), second.more), (1, false));
+    assert!(
+        store
+            .cancel_runs(&filter, now)
+            .await
+            .expect("again")
+            .changed
+            .is_empty()
+    );
+    assert_eq!(
+        store.get_run(other).await.expect("run").status,
+        RunStatus::Pending
+    );
+    let retried = store
+        .retry_runs(
+            &RunFilter {
+                workflow: Some("greet".to_owned()),
+                limit: 10,
+                ..RunFilter::default()
+            },
+            now,
+        )
+        .await
+        .expect("retry");
+    let mut changed = retried.changed.clone();
+    changed.sort();
+    let mut expected = greets.clone();
+    expected.sort();
+    assert_eq!(changed, expected);
+}
+
+async fn a_pinned_run_is_claimed_only_by_workers_of_its_build(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let old = worker_of_build(&*store, &["greet", "wave"], Some("v1"), &["greet"]).await;
+    let new = worker_of_build(&*store, &["greet", "wave"], Some("v2"), &["greet"]).await;
+    let plain = worker_of_build(&*store, &["greet", "wave"], None, &[]).await;
+    let greet = store
+        .create_run(&new_run("greet", json!(0), now), now)
+        .await
+        .expect("create")
+        .id;
+    let wave = store
+        .create_run(&new_run("wave", json!(0), now), now)
+        .await
+        .expect("create")
+        .id;
+    let tasks = store.claim(&old, 2, now + LEASE, now).await.expect("claim");
+    assert_eq!(tasks.len(), 2);
+    let greet_run = store.get_run(greet).await.expect("run");
+    assert_eq!(
+        (greet_run.build_id.as_deref(), greet_run.pinned),
+        (Some("v1"), true)
+    );
+    let wave_run = store.get_run(wave).await.expect("run");
+    assert_eq!(
+        (wave_run.build_id.as_deref(), wave_run.pinned),
+        (Some("v1"), false)
+    );
+    // Both go back to pending; only v1 may take the pinned one.
+    store
+        .deregister_worker(old.id, now)
+        .await
+        .expect("deregister");
+    let taken_by_new = store.claim(&new, 5, now + LEASE, now).await.expect("claim");
+    assert_eq!(
+        taken_by_new.iter().map(|t| t.run_id).collect::<Vec<_>>(),
+        [wave]
+    );
+    assert!(
+        store
+            .claim(&plain, 5, now + LEASE, now)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_due(&plain).await.expect("next due"),
+        None,
+        "no busy wake-ups"
+    );
+    let again = worker_of_build(&*store, &["greet"], Some("v1"), &[]).await;
+    let taken = store
+        .claim(&again, 5, now + LEASE, now)
+        .await
+        .expect("claim");
+    assert_eq!(taken.iter().map(|t| t.run_id).collect::<Vec<_>>(), [greet]);
+}
+
+async fn patch_usage_says_when_no_run_needs_the_old_branch(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let w = worker(&*store, &["greet"]).await;
+    let old = store
+        .create_run(&new_run("greet", json!(0), now), now)
+        .await
+        .expect("create")
+        .id;
+    let usage = store.patch_usage("greet", "tax").await.expect("usage");
+    assert_eq!(
+        (usage.unmarked, usage.safe_to_remove),
+        (1, false),
+        "before any answer"
+    );
+    let later = now + chrono::Duration::seconds(1);
+    let new = store
+        .create_run(&new_run("greet", json!(1), later), later)
+        .await
+        .expect("create")
+        .id;
+    let tasks = store
+        .claim(&w, 2, later + LEASE, later)
+        .await
+        .expect("claim");
+    store
+        .record_step(
+            old,
+            lease_of(&tasks, old),
+            &completed("patch:tax", 0, json!(false)),
+            later,
+        )
+        .await
+        .expect("old branch");
+    store
+        .record_step(
+            new,
+            lease_of(&tasks, new),
+            &completed("patch:tax", 0, json!(true)),
+            later,
+        )
+        .await
+        .expect("new branch");
+    let usage = store.patch_usage("greet", "tax").await.expect("usage");
+    assert_eq!((usage.old_branch, usage.unmarked), (1, 0));
+    assert!(usage.first_patched_at.is_some() && !usage.safe_to_remove);
+    store
+        .complete_run(old, lease_of(&tasks, old), &json!(1), later)
+        .await
+        .expect("complete");
+    assert!(
+        store
+            .patch_usage("greet", "tax")
+            .await
+            .expect("usage")
+            .safe_to_remove
+    );
+}
+
 async fn migrating_twice_is_harmless(store: Arc<dyn Store>) {
     store
         .migrate()
@@ -1568,6 +2177,8 @@ async fn a_start_written_claimed_is_running_under_its_lease(store: Arc<dyn Store
     let w = worker(&*store, &["greet"]).await;
     let claim = |token| Claim {
         worker: w.id,
+        build_id: None,
+        pinned: false,
         lease_token: token,
         lease_expires_at: now + LEASE,
     };
@@ -1756,6 +2367,18 @@ conformance!(
     deregistering_a_worker_hands_its_runs_back,
     cancel_ends_pending_and_running_runs_but_not_finished_ones,
     listing_filters_and_pages_newest_first,
+    listing_filters_by_key_and_time_range,
+    counts_by_status_stop_at_the_cap,
+    a_runs_signals_are_listed_with_how_they_were_received,
+    workers_are_listed_with_the_runs_they_hold,
+    queue_stats_count_the_runs_in_flight_and_the_workers,
+    a_retried_run_keeps_its_journal_and_gets_its_retries_again,
+    a_fork_copies_the_journal_before_its_step_and_leaves_the_original,
+    only_ended_runs_without_running_children_are_deleted,
+    the_reaper_deletes_ended_runs_past_their_window_in_batches,
+    bulk_actions_change_only_matching_runs_and_repeat_harmlessly,
+    a_pinned_run_is_claimed_only_by_workers_of_its_build,
+    patch_usage_says_when_no_run_needs_the_old_branch,
     migrating_twice_is_harmless,
     schedules_are_stored_named_uniquely_listed_and_found_by_id_or_name,
     firing_starts_one_run_per_due_time_and_a_stale_plan_changes_nothing,
@@ -1890,7 +2513,7 @@ async fn large_payloads_are_stored_compressed_with_lz4(pool: PgPool) {
 /// Without it, a message that leaves in more than one piece waits for PostgreSQL's delayed
 /// acknowledgement, about 40 ms: over TLS (`sslmode=prefer`, the default) that is every
 /// message past one 16 KiB record, as a batch of starts or reports or a large input makes.
-/// sqlx 0.9.0 stopped setting it; `vendor/sqlx-core` sets it again. The connection is found
+/// sqlx 0.9.0 stopped setting it; 0.9.1 sets it again. The connection is found
 /// among this process's sockets by the port PostgreSQL sees it come from.
 #[cfg(target_os = "linux")]
 #[sqlx::test(migrations = false)]

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::http::{Call, Http, Retry, refusal};
-use crate::types::RunId;
+use kagzi_proto::RunId;
 
 /// The most items one request carries (the server takes up to 256).
 const MAX_ITEMS: usize = 128;
@@ -145,15 +145,6 @@ struct Answer {
     results: Vec<Map<String, Value>>,
 }
 
-/// The problem of a refused item.
-#[derive(Deserialize)]
-struct ProblemBody {
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    detail: String,
-}
-
 /// Sends one batch and answers each of its items.
 async fn send(http: &Http, endpoint: Endpoint, retry: Retry, batch: Vec<Queued>, bytes: usize) {
     let mut body = Vec::with_capacity(bytes + batch.len() + 32);
@@ -231,9 +222,9 @@ fn item_answer(
     }
     let problem = result
         .remove("problem")
-        .and_then(|p| serde_json::from_value::<ProblemBody>(p).ok());
+        .and_then(|p| serde_json::from_value::<kagzi_proto::Problem>(p).ok());
     let (title, detail) = match problem {
-        Some(problem) => (problem.title, problem.detail),
+        Some(problem) => (Some(problem.title), problem.detail),
         None => (None, String::new()),
     };
     let title = title.unwrap_or_else(|| {

@@ -7,21 +7,22 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use kagzi_proto::{
+    BulkOutcome, DEFAULT_QUEUE, ForkRun, PatchUsage, ResultQuery, RetryPolicy, Run, RunFilter,
+    RunId, RunPage, RunStatus, StartRun as StartBody, Started, Step, StepList,
+};
+use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::batcher::{MAX_BATCHED_BYTES, Unbatched};
 use crate::error::{Error, Result};
 use crate::http::{ApiKey, Call, Http, Retry};
-use crate::types::{Run, RunFilter, RunId, RunPage, RunStatus, Step};
 use crate::workflow::Workflow;
 
 /// How many idle connections a client keeps open to its server.
 const IDLE_CONNECTIONS: usize = 64;
-/// The queue typed starts use when neither the workflow nor the start names one.
-const DEFAULT_QUEUE: &str = "default";
 
 /// How long one `GET /v1/runs/{id}/result` long-poll asks the server to wait.
 const RESULT_POLL: Duration = Duration::from_secs(30);
@@ -136,12 +137,12 @@ impl Client {
         queue: impl Into<String>,
         input: impl Serialize,
     ) -> StartWorkflow {
+        let input = serde_json::to_value(input);
+        let body = StartBody::new(name, queue, Value::Null);
         StartWorkflow {
             http: self.http.clone(),
-            workflow: name.into(),
-            queue: queue.into(),
-            input: serde_json::to_value(input),
-            options: StartOptions::default(),
+            body,
+            input,
         }
     }
 
@@ -218,12 +219,8 @@ impl Client {
     ///
     /// [`Error::Api`] with status 404 if there is no such run; transport errors.
     pub async fn steps(&self, id: RunId) -> Result<Vec<Step>> {
-        #[derive(Deserialize)]
-        struct Steps {
-            steps: Vec<Step>,
-        }
         let call = Call::get(self.run_url(id, Some("steps"))).retry(Retry::Transient(RETRY_BUDGET));
-        Ok(self.http.send::<Steps>(&call).await?.steps)
+        Ok(self.http.send::<StepList>(&call).await?.steps)
     }
 
     /// One page of runs matching `filter`, newest first.
@@ -232,31 +229,7 @@ impl Client {
     ///
     /// [`Error::Api`] for an invalid filter or cursor; transport errors.
     pub async fn list_runs(&self, filter: RunFilter) -> Result<RunPage> {
-        let mut url = self.http.url(&["v1", "runs"]);
-        {
-            let mut query = url.query_pairs_mut();
-            if let Some(workflow) = &filter.workflow {
-                query.append_pair("workflow", workflow);
-            }
-            if let Some(queue) = &filter.queue {
-                query.append_pair("queue", queue);
-            }
-            if let Some(status) = filter.status {
-                query.append_pair("status", status.as_str());
-            }
-            if let Some(limit) = filter.limit {
-                query.append_pair("limit", &limit.to_string());
-            }
-            if let Some(parent) = &filter.parent_id {
-                query.append_pair("parent_id", &parent.to_string());
-            }
-            if let Some(cursor) = &filter.cursor {
-                query.append_pair("cursor", cursor);
-            }
-        }
-        if url.query() == Some("") {
-            url.set_query(None);
-        }
+        let url = self.http.url_with_query(&["v1", "runs"], &filter)?;
         let call = Call::get(url).retry(Retry::Transient(RETRY_BUDGET));
         self.http.send(&call).await
     }
@@ -271,6 +244,97 @@ impl Client {
         let call = Call::post(self.run_url(id, Some("cancel")), &serde_json::json!({}))?
             .retry(Retry::Unsent(RETRY_BUDGET));
         self.http.send(&call).await
+    }
+
+    /// Retry run `id`, which failed or was cancelled: it goes back to `pending` as the same
+    /// run, its finished steps kept (replayed, not run again), its retry policy counting
+    /// again from now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] with status 409 for a run that has not ended or that completed (fork
+    /// it instead), 404 if there is no such run; transport errors.
+    pub async fn retry(&self, id: RunId) -> Result<Run> {
+        let call = Call::post(self.run_url(id, Some("retry")), &serde_json::json!({}))?
+            .retry(Retry::Transient(RETRY_BUDGET));
+        self.http.send(&call).await
+    }
+
+    /// Fork run `id`: a new run of its workflow whose journal starts as a copy of the
+    /// original's steps before `fork.from_step` (none when it names no step), so that step
+    /// and everything after it run again. The original is not changed.
+    ///
+    /// ```no_run
+    /// # async fn example(client: kagzi::Client, run: kagzi::RunId) -> kagzi::Result<()> {
+    /// use kagzi::proto::ForkRun;
+    /// let fork = ForkRun { from_step: Some("charge".into()), ..ForkRun::default() };
+    /// let forked = client.fork(run, &fork).await?;
+    /// assert_eq!(forked.forked_from, Some(run));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] with status 404 for an unknown run or a step its journal does not
+    /// hold; transport errors.
+    pub async fn fork(&self, id: RunId, fork: &ForkRun) -> Result<Run> {
+        let call =
+            Call::post(self.run_url(id, Some("fork")), fork)?.retry(Retry::Unsent(RETRY_BUDGET));
+        self.http.send(&call).await
+    }
+
+    /// Delete run `id`, which ended, with its steps and signals.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] with status 409 for a run that has not ended (or has a child that has
+    /// not), 404 if there is no such run; transport errors.
+    pub async fn delete(&self, id: RunId) -> Result<()> {
+        let call = Call::delete(self.run_url(id, None)).retry(Retry::Transient(RETRY_BUDGET));
+        self.http.send::<Option<Value>>(&call).await?;
+        Ok(())
+    }
+
+    /// Cancel up to `filter.limit` (default 100, at most 1000) runs that match `filter` and
+    /// have not ended, newest first. The filter must name at least one field. Call again
+    /// while the answer says `more`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] with status 422 for an empty or invalid filter; transport errors.
+    pub async fn cancel_where(&self, filter: &RunFilter) -> Result<BulkOutcome> {
+        let call = Call::post(self.http.url(&["v1", "runs", "cancel"]), filter)?
+            .retry(Retry::Transient(RETRY_BUDGET));
+        self.http.send(&call).await
+    }
+
+    /// Retry up to `filter.limit` (default 100, at most 1000) failed or cancelled runs that
+    /// match `filter`, newest first, as [`retry`](Self::retry) does. Call again while the
+    /// answer says `more`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] with status 422 for an empty or invalid filter; transport errors.
+    pub async fn retry_where(&self, filter: &RunFilter) -> Result<BulkOutcome> {
+        let call = Call::post(self.http.url(&["v1", "runs", "retry"]), filter)?
+            .retry(Retry::Transient(RETRY_BUDGET));
+        self.http.send(&call).await
+    }
+
+    /// Whether runs of `workflow` that have not ended may still take the old branch of
+    /// [`WorkflowContext::patched`](crate::WorkflowContext::patched)`(patch)`: when
+    /// `safe_to_remove`, the old branch can be deleted from the code.
+    ///
+    /// # Errors
+    ///
+    /// Transport errors.
+    pub async fn patch_usage(&self, workflow: &str, patch: &str) -> Result<PatchUsage> {
+        let url = self
+            .http
+            .url(&["v1", "workflows", workflow, "patches", patch]);
+        self.http
+            .send(&Call::get(url).retry(Retry::Transient(RETRY_BUDGET)))
+            .await
     }
 
     /// Wait for run `id` to end and return its output, deserialized as `O`.
@@ -330,8 +394,10 @@ impl Client {
     /// One `GET /v1/runs/{id}/result` long-poll of up to `wait`.
     async fn result_poll(&self, id: RunId, wait: Duration) -> Result<Run> {
         let mut url = self.run_url(id, Some("result"));
-        url.query_pairs_mut()
-            .append_pair("timeout_ms", &wait.as_millis().to_string());
+        let query = ResultQuery {
+            timeout_ms: Some(millis(wait)),
+        };
+        url.set_query(Some(&crate::http::query_string(&query)?));
         let call = Call::get(url)
             .timeout(wait + POLL_SLACK)
             .retry(Retry::Transient(RETRY_BUDGET));
@@ -366,38 +432,9 @@ impl Client {
 #[must_use = "the run is only started when this is awaited"]
 pub struct StartWorkflow {
     http: Http,
-    workflow: String,
-    queue: String,
+    /// The start as sent; its input is filled in from `input` when it is sent.
+    body: StartBody,
     input: serde_json::Result<Value>,
-    options: StartOptions,
-}
-
-/// The options of a start, as sent.
-#[derive(Debug, Default, Serialize)]
-struct StartOptions {
-    retries: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_policy: Option<RunRetryPolicy>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    idempotency_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "is_zero")]
-    delay_ms: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// A run retry policy on the wire.
-#[derive(Debug, Serialize)]
-struct RunRetryPolicy {
-    max_attempts: u32,
-    initial_interval_ms: u64,
-    backoff_coefficient: f64,
-    max_interval_ms: u64,
-    non_retryable_errors: Vec<String>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -408,7 +445,7 @@ impl StartWorkflow {
     /// Retry the run up to `retries` times after a failed attempt (default 0), with the
     /// server's exponential backoff.
     pub fn retries(mut self, retries: u32) -> Self {
-        self.options.retries = retries;
+        self.body.retries = retries;
         self
     }
 
@@ -420,7 +457,7 @@ impl StartWorkflow {
         policy: crate::RetryPolicy,
         non_retryable_errors: &[&str],
     ) -> Self {
-        self.options.retry_policy = Some(RunRetryPolicy {
+        self.body.retry_policy = Some(RetryPolicy {
             max_attempts: policy.max_attempts.max(1),
             initial_interval_ms: millis(policy.initial_interval),
             backoff_coefficient: policy.backoff_coefficient,
@@ -437,46 +474,29 @@ impl StartWorkflow {
     /// run instead of creating one (an [`Error::Api`] 409 if its workflow or input differ),
     /// for the server's idempotency window (24 hours by default) after that run was created.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
-        self.options.idempotency_key = Some(key.into());
+        self.body.idempotency_key = Some(key.into());
         self
     }
 
     /// Fail the run with a timeout error once `timeout` passed since the start, whatever it
     /// is doing (running, sleeping, waiting).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.options.timeout_ms = Some(millis(timeout));
+        self.body.timeout_ms = Some(millis(timeout));
         self
     }
 
     /// Start the run no earlier than `delay` from now.
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.options.delay_ms = millis(delay);
+        self.body.delay_ms = millis(delay);
         self
     }
 
     async fn send(self) -> Result<RunId> {
-        #[derive(Serialize)]
-        struct StartRequest<'a> {
-            workflow: &'a str,
-            queue: &'a str,
-            input: &'a Value,
-            #[serde(flatten)]
-            options: &'a StartOptions,
-        }
-        #[derive(Deserialize)]
-        struct Started {
-            id: RunId,
-        }
-        let input = self.input?;
-        let body = StartRequest {
-            workflow: &self.workflow,
-            queue: &self.queue,
-            input: &input,
-            options: &self.options,
-        };
+        let mut body = self.body;
+        body.input = self.input?;
         // With an idempotency key a repeated start is harmless, so any transient failure
         // may be retried; without one, only a start that surely never reached the server.
-        let retry = if self.options.idempotency_key.is_some() {
+        let retry = if body.idempotency_key.is_some() {
             Retry::Transient(RETRY_BUDGET)
         } else {
             Retry::Unsent(RETRY_BUDGET)
@@ -522,9 +542,9 @@ pub struct StartRun<O> {
 impl<O> fmt::Debug for StartRun<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StartRun")
-            .field("workflow", &self.start.workflow)
-            .field("queue", &self.start.queue)
-            .field("retries", &self.start.options.retries)
+            .field("workflow", &self.start.body.workflow)
+            .field("queue", &self.start.body.queue)
+            .field("retries", &self.start.body.retries)
             .finish_non_exhaustive()
     }
 }
@@ -532,7 +552,7 @@ impl<O> fmt::Debug for StartRun<O> {
 impl<O> StartRun<O> {
     /// Start the run on `queue` instead of the workflow's default queue.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
-        self.start.queue = queue.into();
+        self.start.body.queue = queue.into();
         self
     }
 

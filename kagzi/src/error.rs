@@ -1,6 +1,6 @@
 //! The SDK's error type: what can go wrong talking to the server or running a workflow.
 
-use crate::types::RunId;
+use kagzi_proto::RunId;
 
 /// The result type used throughout the SDK.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use crate::batcher::{Batcher, MAX_BATCHED_BYTES, REPORTS, STARTS, Unbatched};
 use crate::error::{Error, Result};
-use crate::types::RunId;
+use kagzi_proto::RunId;
 
 /// How long worker calls (polls, heartbeats, reports) keep retrying while the server is
 /// unreachable, e.g. restarting.
@@ -318,6 +318,20 @@ impl Http {
         url
     }
 
+    /// The URL of `segments` with `query` (a protocol query type, e.g. a
+    /// [`RunFilter`](kagzi_proto::RunFilter)) as its query string; none when it sets nothing.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `query` is not a flat set of fields.
+    pub(crate) fn url_with_query(&self, segments: &[&str], query: &impl Serialize) -> Result<Url> {
+        let mut url = self.url(segments);
+        let query = query_string(query)?;
+        if !query.is_empty() {
+            url.set_query(Some(&query));
+        }
+        Ok(url)
+    }
+
     /// Send `call`, retrying as it says, and decode the 2xx JSON response (an empty body
     /// decodes as `null`).
     pub(crate) async fn send<T: DeserializeOwned>(&self, call: &Call) -> Result<T> {
@@ -395,23 +409,22 @@ pub(crate) fn refusal(status: u16, title: String, detail: String, report: Option
     }
 }
 
-/// The `application/problem+json` body of an error response.
-#[derive(serde::Deserialize)]
-struct Problem {
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    detail: Option<String>,
+/// `query` (a protocol query type) as a URL query string.
+///
+/// # Errors
+/// [`Error::Config`] when `query` is not a flat set of fields.
+pub(crate) fn query_string(query: &impl Serialize) -> Result<String> {
+    serde_urlencoded::to_string(query).map_err(|e| Error::Config(format!("query: {e}")))
 }
 
 /// Turn an error response into [`Error::Api`], reading its problem+json body if it has one.
 fn problem(status: StatusCode, body: &[u8]) -> Error {
     let reason = status.canonical_reason().unwrap_or("error").to_owned();
-    match serde_json::from_slice::<Problem>(body) {
+    match serde_json::from_slice::<kagzi_proto::Problem>(body) {
         Ok(problem) => Error::Api {
             status: status.as_u16(),
-            title: problem.title.unwrap_or(reason),
-            detail: problem.detail.unwrap_or_default(),
+            title: problem.title,
+            detail: problem.detail,
         },
         Err(_) => {
             let text = String::from_utf8_lossy(body);

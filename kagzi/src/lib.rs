@@ -87,22 +87,29 @@ mod client;
 mod context;
 mod error;
 mod http;
+mod outcome;
+mod record;
+mod replay;
+mod retry;
 mod schedule;
 mod step;
 mod suspend;
-mod types;
 mod worker;
 mod workflow;
 
 pub use client::{Client, ClientBuilder, RunHandle, StartRun, StartWorkflow};
-pub use context::{RetryPolicy, StepBuilder, WorkflowContext};
+pub use context::{StepBuilder, WorkflowContext};
 pub use error::{Error, Result};
 pub use kagzi_macros::{step, workflow};
+/// The wire protocol the SDK speaks: every request and answer body of the HTTP API, shared
+/// with the server and the command line.
+pub use kagzi_proto as proto;
+pub use kagzi_proto::{Run, RunFilter, RunId, RunPage, RunStatus, Step, StepStatus};
+pub use retry::RetryPolicy;
 pub use schedule::{
     Overlap, Schedule, ScheduleBuilder, ScheduleFilter, ScheduleId, SchedulePage, ScheduleRef,
     ScheduleUpdate, Schedules,
 };
-pub use types::{Run, RunFilter, RunId, RunPage, RunStatus, Step, StepStatus};
 pub use worker::{ShutdownHandle, Worker, WorkerBuilder};
 pub use workflow::Workflow;
 

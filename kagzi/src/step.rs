@@ -10,8 +10,9 @@ use futures::future::Either;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::context::{RetryPolicy, StepFailure, WorkflowContext};
+use crate::context::{StepFailure, WorkflowContext};
 use crate::error::Error;
+use crate::retry::RetryPolicy;
 
 /// The options of a `#[step]` fn, built by the generated code.
 #[doc(hidden)]
@@ -146,9 +147,10 @@ mod tests {
     use serde_json::{Value, json};
     use uuid::Uuid;
 
-    use crate::context::{JournalEntry, WorkflowContext};
+    use crate::context::WorkflowContext;
     use crate::error::Error;
-    use crate::types::RunId;
+    use kagzi_proto::JournalEntry;
+    use kagzi_proto::RunId;
 
     static DOUBLED: AtomicU32 = AtomicU32::new(0);
 

@@ -12,15 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kagzi_proto::{ReceiveBody, Received, StartRun, Started, SuspendBody};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::debug;
 
-use crate::context::{Inner, Plan, WorkflowContext};
+use crate::context::{Inner, WorkflowContext};
 use crate::error::{Error, Result};
 use crate::http::{Call, Retry, WORKER_RETRY_BUDGET};
-use crate::types::{Run, RunId, RunStatus, Step};
+use crate::replay::Plan;
+use kagzi_proto::{Run, RunId, RunStatus};
 
 impl WorkflowContext {
     /// Sleep durably for `duration`. The run suspends and frees the worker's slot; the server
@@ -68,9 +70,11 @@ impl WorkflowContext {
                 return Ok(());
             }
             let never = inner
-                .suspend(&Suspension {
+                .suspend(SuspendBody {
+                    lease_token: inner.lease_token,
                     until: Some(wake_at),
-                    ..Suspension::default()
+                    signal: None,
+                    child: None,
                 })
                 .await?;
             match never {}
@@ -153,13 +157,9 @@ impl WorkflowContext {
                         return Err(Error::Config("child runs need a worker".to_owned()));
                     };
                     inner.flush().await?;
-                    let body = StartChild {
-                        workflow: &workflow,
-                        queue: &queue,
-                        input: &input?,
-                        parent_id: inner.run_id,
-                        idempotency_key: format!("{}/{key}", inner.run_id),
-                    };
+                    let mut body = StartRun::new(workflow, queue, input?);
+                    body.parent_id = Some(inner.run_id);
+                    body.idempotency_key = Some(format!("{}/{key}", inner.run_id));
                     // The idempotency key makes a retried start safe.
                     let call = Call::post(http.url(&["v1", "runs"]), &body)?
                         .retry(Retry::Transient(WORKER_RETRY_BUDGET));
@@ -201,9 +201,11 @@ impl WorkflowContext {
                 RunStatus::Cancelled => Err(Error::RunCancelled { run_id: child }),
                 _ => {
                     let never = inner
-                        .suspend(&Suspension {
+                        .suspend(SuspendBody {
+                            lease_token: inner.lease_token,
+                            until: None,
+                            signal: None,
                             child: Some(child),
-                            ..Suspension::default()
                         })
                         .await?;
                     match never {}
@@ -292,9 +294,9 @@ impl WorkflowContext {
                     };
                     inner.flush().await?;
                     let run = inner.run_id.to_string();
-                    let body = ReceiveRequest {
+                    let body = ReceiveBody {
                         lease_token: inner.lease_token,
-                        key: &key,
+                        key: key.clone(),
                         position,
                     };
                     let call = Call::post(
@@ -312,12 +314,13 @@ impl WorkflowContext {
                                 .await?
                         }
                         None => {
-                            let suspension = Suspension {
+                            let suspension = SuspendBody {
+                                lease_token: inner.lease_token,
                                 until: deadline,
                                 signal: Some(name),
                                 child: None,
                             };
-                            let never = inner.suspend(&suspension).await?;
+                            let never = inner.suspend(suspension).await?;
                             match never {}
                         }
                     }
@@ -334,16 +337,12 @@ impl WorkflowContext {
 impl Inner {
     /// Reports the suspension, tells the worker to drop the run, and never returns (the
     /// worker drops this future); an error if the report fails.
-    async fn suspend(&self, suspension: &Suspension) -> Result<Infallible> {
+    async fn suspend(&self, body: SuspendBody) -> Result<Infallible> {
         let Some(http) = &self.http else {
             return Err(Error::Config("suspending needs a worker".to_owned()));
         };
         self.flush().await?;
         let run = self.run_id.to_string();
-        let body = SuspendRequest {
-            lease_token: self.lease_token,
-            suspension,
-        };
         let call = Call::post(http.url(&["v1", "runs", &run, "suspend"]), &body)?
             .retry(Retry::Transient(WORKER_RETRY_BUDGET))
             .report(self.run_id);
@@ -352,53 +351,4 @@ impl Inner {
         self.suspended.notify_one();
         std::future::pending().await
     }
-}
-
-/// What a suspended run waits for.
-#[derive(Debug, Default, Serialize)]
-struct Suspension {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    until: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    signal: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    child: Option<RunId>,
-}
-
-/// Body of `POST /v1/runs/{id}/suspend`.
-#[derive(Serialize)]
-struct SuspendRequest<'a> {
-    lease_token: uuid::Uuid,
-    #[serde(flatten)]
-    suspension: &'a Suspension,
-}
-
-/// Body of `POST /v1/runs/{id}/signals/{name}/receive`.
-#[derive(Serialize)]
-struct ReceiveRequest<'a> {
-    lease_token: uuid::Uuid,
-    key: &'a str,
-    position: u32,
-}
-
-/// Answer of `POST /v1/runs/{id}/signals/{name}/receive`.
-#[derive(Deserialize)]
-struct Received {
-    step: Option<Step>,
-}
-
-/// Body of `POST /v1/runs` for a child.
-#[derive(Serialize)]
-struct StartChild<'a> {
-    workflow: &'a str,
-    queue: &'a str,
-    input: &'a Value,
-    parent_id: RunId,
-    idempotency_key: String,
-}
-
-/// Answer of `POST /v1/runs`.
-#[derive(Deserialize)]
-struct Started {
-    id: RunId,
 }

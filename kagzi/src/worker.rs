@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use kagzi_proto::{
+    CompleteBody, FailBody, HeartbeatAnswer, HeartbeatBody, Lease, PollAnswer, PollBody,
+    RegisterBody, Registered, Task, WorkerId,
+};
+use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -19,11 +23,14 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, instrument, warn};
 use uuid::Uuid;
 
-use crate::context::{DeferredStep, JournalEntry, WorkflowContext};
+use crate::context::WorkflowContext;
 use crate::error::{Error, Result};
 use crate::http::{ApiKey, Call, Http, ReportKind, Retry, WORKER_RETRY_BUDGET};
-use crate::types::RunId;
+use crate::outcome::{
+    self, AfterRefusal, DropReason, Ending, InvalidInput, InvalidOutput, Outcome,
+};
 use crate::workflow::Workflow;
+use kagzi_proto::RunId;
 
 /// How long one poll waits on the server for work.
 const POLL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,16 +43,6 @@ const DEREGISTER_BUDGET: Duration = Duration::from_secs(5);
 type Handler =
     Arc<dyn Fn(WorkflowContext, Value) -> BoxFuture<'static, anyhow::Result<Value>> + Send + Sync>;
 
-/// The run's input did not match the workflow's input type: retrying cannot help.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid workflow input: {0}")]
-struct InvalidInput(serde_json::Error);
-
-/// The workflow's output could not be serialized: retrying cannot help.
-#[derive(Debug, thiserror::Error)]
-#[error("could not serialize workflow output: {0}")]
-struct InvalidOutput(serde_json::Error);
-
 /// Configures a [`Worker`]; made by [`Worker::builder`].
 #[derive(Debug, Clone)]
 #[must_use = "call `.build().await` to make the worker"]
@@ -54,6 +51,8 @@ pub struct WorkerBuilder {
     queue: String,
     max_concurrent: usize,
     hostname: Option<String>,
+    build_id: Option<String>,
+    pinned: Vec<String>,
     shutdown_grace: Duration,
     api_key: ApiKey,
 }
@@ -75,6 +74,22 @@ impl WorkerBuilder {
     /// The host name the worker reports to the server (default: `$HOSTNAME`, if set).
     pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
         self.hostname = Some(hostname.into());
+        self
+    }
+
+    /// The version of this worker's code (e.g. a git commit or release tag). The server
+    /// records it on every run this worker runs first, and shows it on the worker.
+    pub fn build_id(mut self, build_id: impl Into<String>) -> Self {
+        self.build_id = Some(build_id.into());
+        self
+    }
+
+    /// Pin the runs of `workflow` to this build: a run of it that a worker of this build id
+    /// runs first is from then on claimed only by workers of the same build id, so old code
+    /// finishes the runs it started while new runs go to new workers. Needs
+    /// [`build_id`](Self::build_id); the workflow must be registered on the worker.
+    pub fn pin(mut self, workflow: impl Into<String>) -> Self {
+        self.pinned.push(workflow.into());
         self
     }
 
@@ -107,6 +122,8 @@ impl WorkerBuilder {
             queue: self.queue,
             max_concurrent: self.max_concurrent,
             hostname: self.hostname,
+            build_id: self.build_id,
+            pinned: self.pinned,
             shutdown_grace: self.shutdown_grace,
             handlers: HashMap::new(),
             stop: Arc::new(stop),
@@ -132,6 +149,8 @@ pub struct Worker {
     queue: String,
     max_concurrent: usize,
     hostname: Option<String>,
+    build_id: Option<String>,
+    pinned: Vec<String>,
     shutdown_grace: Duration,
     handlers: HashMap<String, Handler>,
     stop: Arc<watch::Sender<bool>>,
@@ -170,6 +189,8 @@ impl Worker {
             queue: queue.into(),
             max_concurrent: 10,
             hostname: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()),
+            build_id: None,
+            pinned: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
             api_key: ApiKey::from_env(),
         }
@@ -282,7 +303,8 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if no workflow is registered; the registration error if the server
+    /// [`Error::Config`] if no workflow is registered, or one pinned is not, or a pin has no
+    /// build id; the registration error if the server
     /// cannot be reached or refuses the worker (after retrying for up to a minute).
     pub async fn run_until<F>(self, shutdown: F) -> Result<()>
     where
@@ -293,6 +315,8 @@ impl Worker {
             queue,
             max_concurrent,
             hostname,
+            build_id,
+            pinned,
             shutdown_grace,
             handlers,
             stop,
@@ -302,21 +326,35 @@ impl Worker {
                 "register at least one workflow before running the worker".to_owned(),
             ));
         }
+        if let Some(stray) = pinned.iter().find(|p| !handlers.contains_key(p.as_str())) {
+            return Err(Error::Config(format!(
+                "pin({stray:?}): the workflow is not registered on this worker"
+            )));
+        }
+        if !pinned.is_empty() && build_id.is_none() {
+            return Err(Error::Config(
+                "pin(..) needs build_id(..): a run is pinned to its worker's build".to_owned(),
+            ));
+        }
         let mut workflows: Vec<String> = handlers.keys().cloned().collect();
         workflows.sort();
-        let mut shared = Shared {
-            http: http.with_reporter(),
+        let http = http.with_reporter();
+        let registration = RegisterBody {
             queue,
-            workflows,
+            workflows: workflows.into_iter().map(Into::into).collect(),
             capacity: u32::try_from(max_concurrent).unwrap_or(u32::MAX),
             hostname,
-            registration: tokio::sync::Mutex::new(Registration::default()),
-            held: Mutex::new(HashMap::new()),
+            build_id,
+            pinned_workflows: pinned.into_iter().map(Into::into).collect(),
         };
-        let registration = shared.register().await?;
-        info!(worker_id = %registration.id, queue = %shared.queue, workflows = ?shared.workflows, "worker registered");
-        *shared.registration.get_mut() = registration;
-        let shared = Arc::new(shared);
+        let registered = register(&http, &registration).await?;
+        info!(worker_id = %registered.id, queue = %registration.queue, workflows = ?registration.workflows, "worker registered");
+        let shared = Arc::new(Shared {
+            http,
+            registration,
+            registered: tokio::sync::Mutex::new(registered),
+            held: Mutex::new(HashMap::new()),
+        });
 
         // Aborted when this future ends *or is dropped*: a worker whose future is dropped
         // (aborted task, losing `select!` branch) must stop keeping its runs' leases alive,
@@ -483,213 +521,134 @@ async fn execute(shared: &Shared, handler: Option<Handler>, task: Task) {
         attempt,
         lease_token,
         journal,
+        ..
     } = task;
     debug!("run started");
-    let (outcome, observer) = match handler {
-        None => (
-            Err((
-                format!("workflow {workflow:?} is not registered on this worker"),
-                true,
-            )),
-            None,
-        ),
-        Some(handler) => {
-            let ctx = WorkflowContext::new(
-                run_id,
-                workflow,
-                attempt,
-                lease_token,
-                journal,
-                Some(shared.http.clone()),
-            );
-            // `#[step]` fns find the run through the task-local context; the workflow's
-            // future is made inside the scope too, in case its fn runs steps before its
-            // first `.await`. A run that suspends (sleep, signal, child) is dropped here: the
-            // server wakes it when its wait is over.
-            let observer = ctx.clone();
-            let body = ctx.clone().scope(async move { handler(ctx, input).await });
-            let mut body = std::pin::pin!(AssertUnwindSafe(body).catch_unwind());
-            // A step's report may wait while the workflow runs on synchronously (so that a
-            // last step rides with the completion), but not once the workflow waits for
-            // anything: then it is sent at once.
-            let inner = Arc::clone(&observer.inner);
-            let driven = std::future::poll_fn(|cx| {
-                let polled = body.as_mut().poll(cx);
-                if polled.is_pending() && inner.has_deferred() {
-                    let inner = Arc::clone(&inner);
-                    tokio::spawn(async move {
-                        // A failure poisons the attempt, which the outcome below reads.
-                        let _ = inner.flush().await;
-                    });
-                }
-                polled
-            });
-            let result = tokio::select! {
-                result = driven => result,
-                () = observer.inner.suspended.notified() => {
-                    debug!("run suspended; the server wakes it when its wait is over");
-                    return;
-                }
-            };
-            if !matches!(result, Ok(Ok(_))) {
-                // A failing run reports its finished steps first (a failure here poisons).
-                let _ = observer.inner.flush().await;
-            }
-            let outcome = match (result, observer.poisoned()) {
-                (_, Some(Error::LeaseLost { .. })) => {
-                    info!("lease lost; dropping the run");
-                    return;
-                }
-                // Even if the workflow swallowed the step's error, a replay that diverged
-                // from the journal must not complete, and retrying cannot help.
-                (_, Some(error @ Error::NonDeterminism { .. })) => Err((error.to_string(), false)),
-                (_, Some(error @ Error::StepResultTooLarge { .. })) => {
-                    Err((error.to_string(), false))
-                }
-                (_, Some(error @ Error::Unreported(_))) => {
-                    error!(%error, "dropping the run; its lease will expire and it will be retried");
-                    return;
-                }
-                (Ok(Ok(output)), _) => Ok(output),
-                (Ok(Err(e)), _) => {
-                    let kagzi_error = e.chain().find_map(|cause| cause.downcast_ref::<Error>());
-                    if let Some(Error::LeaseLost { .. }) = kagzi_error {
-                        info!("lease lost; dropping the run");
-                        return;
+    let ctx = WorkflowContext::new(
+        run_id,
+        workflow,
+        attempt,
+        lease_token,
+        journal,
+        Some(shared.http.clone()),
+    );
+    let ending = run_attempt(&ctx, handler, input).await;
+    if !matches!(ending, Ending::Returned(Ok(_)) | Ending::Suspended) {
+        // A failing run reports its finished steps first (a failure here poisons).
+        let _ = ctx.inner.flush().await;
+    }
+    let outcome = outcome::decide(ending, ctx.poisoned());
+    report(shared, &ctx, outcome).await;
+}
+
+/// Runs the workflow function until it returns, panics or suspends.
+async fn run_attempt(ctx: &WorkflowContext, handler: Option<Handler>, input: Value) -> Ending {
+    let Some(handler) = handler else {
+        return Ending::NotRegistered(ctx.workflow().to_owned());
+    };
+    // `#[step]` fns find the run through the task-local context; the workflow's future is
+    // made inside the scope too, in case its fn runs steps before its first `.await`.
+    let body = {
+        let ctx = ctx.clone();
+        ctx.clone().scope(async move { handler(ctx, input).await })
+    };
+    let body = ctx.inner.drive(AssertUnwindSafe(body).catch_unwind());
+    tokio::select! {
+        result = body => match result {
+            Ok(returned) => Ending::Returned(returned),
+            Err(panic) => Ending::Panicked(panic_message(panic.as_ref())),
+        },
+        // The server let go of a suspended run: its future is dropped here.
+        () = ctx.inner.suspended.notified() => Ending::Suspended,
+    }
+}
+
+/// What a panic said, if it said it as a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// Reports `outcome`; when the server refuses the report, ends as the outcome's rules say
+/// instead (at most a completion without its steps, then a failure, then a drop).
+async fn report(shared: &Shared, ctx: &WorkflowContext, mut outcome: Outcome) {
+    let run_id = ctx.run_id();
+    let lease_token = ctx.inner.lease_token;
+    loop {
+        outcome = match outcome {
+            Outcome::Drop(reason) => {
+                match reason {
+                    DropReason::Suspended => {
+                        debug!("run suspended; the server wakes it when its wait is over")
                     }
-                    let retryable = !(e.is::<InvalidInput>()
-                        || e.is::<InvalidOutput>()
-                        || matches!(
-                            kagzi_error,
-                            Some(
-                                Error::NonDeterminism { .. }
-                                    | Error::StepResultTooLarge { .. }
-                                    | Error::PayloadTooLarge { .. }
-                            )
-                        ));
-                    Err((format!("{e:#}"), retryable))
+                    DropReason::LeaseLost => info!("lease lost; dropping the run"),
+                    DropReason::Unreported(error) => {
+                        error!(%error, "dropping the run; its lease will expire and it will be retried")
+                    }
                 }
-                (Err(panic), _) => {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_owned());
-                    Err((format!("workflow panicked: {message}"), true))
-                }
-            };
-            (outcome, Some(observer))
-        }
-    };
-    let mut outcome = outcome;
-    let mut reported = match (&outcome, &observer) {
-        (Ok(_), Some(observer)) => {
-            // The completion carries the reports still deferred; later flushes wait for it.
-            let (flushing, steps) = observer.inner.take_for_completion().await;
-            let mut reported = match unfinished(observer) {
-                Some(end) => end,
-                None => report_outcome(shared, run_id, lease_token, &outcome, &steps).await,
-            };
-            if matches!(reported, Err(Error::PayloadTooLarge { .. })) && !steps.is_empty() {
-                // Refused whole, nothing recorded: report the steps on their own (a result
-                // over the limit fails its step), then complete without them.
-                observer.inner.requeue(steps);
-                drop(flushing);
-                let _ = observer.inner.flush().await;
-                reported = match unfinished(observer) {
-                    Some(end) => end,
-                    None => report_outcome(shared, run_id, lease_token, &outcome, &[]).await,
-                };
-            }
-            reported
-        }
-        // A failed run is reported below.
-        _ => Err(Error::Timeout),
-    };
-    // Poisoned while completing: end as the poison says.
-    if let (Some(observer), Ok(_)) = (&observer, &outcome) {
-        match observer.poisoned() {
-            Some(error @ Error::StepResultTooLarge { .. }) => {
-                outcome = Err((error.to_string(), false));
-                reported = Err(Error::Timeout);
-            }
-            Some(error) if reported.is_err() => {
-                info!(%error, "dropping the run; its lease will expire and it will be retried");
                 return;
             }
-            _ => {}
-        }
-    }
-    if outcome.is_err() {
-        reported = report_outcome(shared, run_id, lease_token, &outcome, &[]).await;
-    }
-    if let (Err(Error::PayloadTooLarge { detail }), Ok(_)) = (&reported, &outcome) {
-        // The output can never be recorded: fail the run for good, saying why.
-        outcome = Err((
-            format!("the workflow's output is over the server's payload limit: {detail}"),
-            false,
-        ));
-        reported = report_outcome(shared, run_id, lease_token, &outcome, &[]).await;
-    }
-    match (reported, &outcome) {
-        (Ok(_), Ok(_)) => debug!("run completed"),
-        (Ok(_), Err((error, retryable))) => info!(%error, retryable, "run failed"),
-        (Err(Error::LeaseLost { .. }), _) => {
-            info!("lease lost before the result was recorded; dropping the run")
-        }
-        (Err(e), _) => {
-            error!(error = %e, "could not report the run's result; its lease will expire and it will be retried")
-        }
-    }
-}
-
-/// A completion must not be sent once a deferred step report failed: `Some` (an error that
-/// stands in for the refused completion) when the attempt is poisoned.
-fn unfinished(observer: &WorkflowContext) -> Option<Result<IgnoredAny>> {
-    observer.poisoned().map(Err)
-}
-
-/// The longest error message a failed run reports; longer ones are cut (on a character
-/// boundary) so the report fits any sensible payload limit.
-const MAX_ERROR_LEN: usize = 64 * 1024;
-
-/// Report how a run ended: `complete` with its output or `fail` with its error.
-async fn report_outcome(
-    shared: &Shared,
-    run_id: RunId,
-    lease_token: Uuid,
-    outcome: &std::result::Result<Value, (String, bool)>,
-    steps: &[DeferredStep],
-) -> Result<IgnoredAny> {
-    let run = run_id.to_string();
-    let call = match outcome {
-        Ok(output) => {
-            let complete = CompleteRequest {
-                lease_token,
-                output,
-                steps,
-            };
-            return shared
-                .http
-                .report(run_id, ReportKind::Complete, &complete)
-                .await;
-        }
-        Err((error, retryable)) => {
-            let mut end = error.len().min(MAX_ERROR_LEN);
-            while !error.is_char_boundary(end) {
-                end -= 1;
-            }
-            Call::post(
-                shared.http.url(&["v1", "runs", &run, "fail"]),
-                &FailRequest {
+            Outcome::Fail { error, retryable } => {
+                let body = FailBody {
                     lease_token,
-                    error: &error[..end],
-                    retryable: *retryable,
-                },
-            )?
-        }
-    };
-    let call = call
+                    error,
+                    retryable,
+                };
+                match send_fail(shared, run_id, &body).await {
+                    Ok(_) => {
+                        info!(error = %body.error, retryable, "run failed");
+                        return;
+                    }
+                    Err(refusal) => outcome::after_refused_failure(&refusal),
+                }
+            }
+            Outcome::Complete(output) => {
+                // The completion carries the reports still deferred; later flushes wait.
+                let (flushing, steps) = ctx.inner.take_for_completion().await;
+                if let Some(poison) = ctx.poisoned() {
+                    // A deferred report failed meanwhile: the run must not complete.
+                    outcome::decide(Ending::Returned(Ok(output)), Some(poison))
+                } else {
+                    let body = CompleteBody {
+                        lease_token,
+                        output,
+                        steps,
+                    };
+                    let sent = shared
+                        .http
+                        .report::<IgnoredAny>(run_id, ReportKind::Complete, &body)
+                        .await;
+                    let refusal = match sent {
+                        Ok(_) => {
+                            debug!("run completed");
+                            return;
+                        }
+                        Err(refusal) => refusal,
+                    };
+                    let carried = !body.steps.is_empty();
+                    match outcome::after_refused_completion(&refusal, carried) {
+                        AfterRefusal::CompleteWithoutSteps => {
+                            // Refused whole, nothing recorded: the steps go on their own.
+                            ctx.inner.requeue(body.steps);
+                            drop(flushing);
+                            let _ = ctx.inner.flush().await;
+                            Outcome::Complete(body.output)
+                        }
+                        AfterRefusal::Then(next) => next,
+                    }
+                }
+            }
+        };
+    }
+}
+
+/// Sends `POST /v1/runs/{id}/fail`.
+async fn send_fail(shared: &Shared, run_id: RunId, body: &FailBody) -> Result<IgnoredAny> {
+    let run = run_id.to_string();
+    let call = Call::post(shared.http.url(&["v1", "runs", &run, "fail"]), body)?
         .retry(Retry::Transient(WORKER_RETRY_BUDGET))
         .report(run_id);
     shared.http.send::<IgnoredAny>(&call).await
@@ -700,24 +659,26 @@ async fn report_outcome(
 async fn heartbeat_loop(shared: Arc<Shared>) {
     loop {
         let (id, interval) = {
-            let registration = shared.registration.lock().await;
-            (registration.id, registration.heartbeat_interval())
+            let registered = shared.registered.lock().await;
+            (registered.id, heartbeat_interval(&registered))
         };
         tokio::time::sleep(interval).await;
         let runs = shared.held_runs();
         let url = shared
             .http
             .url(&["v1", "workers", &id.to_string(), "heartbeat"]);
-        let response = match Call::post(url, &HeartbeatRequest { runs: &runs }) {
+        let body = HeartbeatBody { runs };
+        let response = match Call::post(url, &body) {
             Ok(call) => {
                 let call = call.retry(Retry::Transient(WORKER_RETRY_BUDGET));
-                shared.http.send::<HeartbeatResponse>(&call).await
+                shared.http.send::<HeartbeatAnswer>(&call).await
             }
             Err(e) => Err(e),
         };
         match response {
             Ok(response) => {
-                let sent: HashMap<RunId, Uuid> = runs
+                let sent: HashMap<RunId, Uuid> = body
+                    .runs
                     .iter()
                     .map(|run| (run.run_id, run.lease_token))
                     .collect();
@@ -748,14 +709,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Registers the worker as `body` describes it.
+async fn register(http: &Http, body: &RegisterBody) -> Result<Registered> {
+    let call = Call::post(http.url(&["v1", "workers"]), body)?
+        .retry(Retry::Transient(WORKER_RETRY_BUDGET));
+    http.send(&call).await
+}
+
 /// What the poll loop, the heartbeat and the run tasks share.
 struct Shared {
     http: Http,
-    queue: String,
-    workflows: Vec<String>,
-    capacity: u32,
-    hostname: Option<String>,
-    registration: tokio::sync::Mutex<Registration>,
+    /// What the worker registers as (again, when the server forgot it).
+    registration: RegisterBody,
+    /// The server's answer to the latest registration.
+    registered: tokio::sync::Mutex<Registered>,
     /// Runs being executed, with their lease and a way to stop them.
     held: Mutex<HashMap<RunId, Held>>,
 }
@@ -766,48 +733,34 @@ struct Held {
 }
 
 impl Shared {
-    async fn register(&self) -> Result<Registration> {
-        let call = Call::post(
-            self.http.url(&["v1", "workers"]),
-            &RegisterRequest {
-                queue: &self.queue,
-                workflows: &self.workflows,
-                capacity: self.capacity,
-                hostname: self.hostname.as_deref(),
-            },
-        )?
-        .retry(Retry::Transient(WORKER_RETRY_BUDGET));
-        self.http.send(&call).await
-    }
-
     /// Register again because the server no longer knows worker `stale`; returns the
     /// current id (somebody else may have re-registered already).
-    async fn reregister(&self, stale: Uuid) -> Result<Uuid> {
-        let mut registration = self.registration.lock().await;
-        if registration.id != stale {
-            return Ok(registration.id);
+    async fn reregister(&self, stale: WorkerId) -> Result<WorkerId> {
+        let mut registered = self.registered.lock().await;
+        if registered.id != stale {
+            return Ok(registered.id);
         }
-        let fresh = self.register().await?;
+        let fresh = register(&self.http, &self.registration).await?;
         info!(old = %stale, new = %fresh.id, "server forgot this worker; re-registered");
-        *registration = fresh;
-        Ok(registration.id)
+        *registered = fresh;
+        Ok(registered.id)
     }
 
-    async fn worker_id(&self) -> Uuid {
-        self.registration.lock().await.id
+    async fn worker_id(&self) -> WorkerId {
+        self.registered.lock().await.id
     }
 
     async fn poll(&self, max: usize) -> Result<Vec<Task>> {
         let id = self.worker_id().await;
         let url = self.http.url(&["v1", "workers", &id.to_string(), "poll"]);
-        let body = PollRequest {
+        let body = PollBody {
             max: u32::try_from(max).unwrap_or(u32::MAX),
             timeout_ms: u64::try_from(POLL_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
         };
         let call = Call::post(url, &body)?
             .timeout(POLL_TIMEOUT + POLL_SLACK)
             .retry(Retry::Transient(WORKER_RETRY_BUDGET));
-        match self.http.send::<PollResponse>(&call).await {
+        match self.http.send::<PollAnswer>(&call).await {
             Ok(response) => Ok(response.runs),
             Err(Error::Api { status: 404, .. }) => {
                 self.reregister(id).await?;
@@ -830,12 +783,12 @@ impl Shared {
     }
 
     /// The runs held now, for a heartbeat.
-    fn held_runs(&self) -> Vec<HeldRun> {
+    fn held_runs(&self) -> Vec<Lease> {
         self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(run_id, held)| HeldRun {
+            .map(|(run_id, held)| Lease {
                 run_id: *run_id,
                 lease_token: held.lease_token,
             })
@@ -860,94 +813,13 @@ impl Shared {
     }
 }
 
-/// Body of `POST /v1/workers`.
-#[derive(Serialize)]
-struct RegisterRequest<'a> {
-    queue: &'a str,
-    workflows: &'a [String],
-    capacity: u32,
-    hostname: Option<&'a str>,
-}
-
-/// Answer to `POST /v1/workers`.
-#[derive(Debug, Clone, Default, Deserialize)]
-struct Registration {
-    id: Uuid,
-    #[serde(default)]
-    heartbeat_interval_ms: u64,
-}
-
-impl Registration {
-    fn heartbeat_interval(&self) -> Duration {
-        match self.heartbeat_interval_ms {
-            0 => Duration::from_secs(5),
-            ms => Duration::from_millis(ms.max(100)),
-        }
+/// How often to heartbeat, as the registration says (a floor keeps a misconfigured server
+/// from being flooded).
+fn heartbeat_interval(registration: &Registered) -> Duration {
+    match registration.heartbeat_interval_ms {
+        0 => Duration::from_secs(5),
+        ms => Duration::from_millis(ms.max(100)),
     }
-}
-
-/// Body of `POST /v1/workers/{id}/heartbeat`.
-#[derive(Serialize)]
-struct HeartbeatRequest<'a> {
-    runs: &'a [HeldRun],
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct HeldRun {
-    run_id: RunId,
-    lease_token: Uuid,
-}
-
-/// Answer to a heartbeat: the runs this worker must stop.
-#[derive(Deserialize)]
-struct HeartbeatResponse {
-    #[serde(default)]
-    lost: Vec<RunId>,
-}
-
-/// Body of `POST /v1/workers/{id}/poll`.
-#[derive(Serialize)]
-struct PollRequest {
-    max: u32,
-    timeout_ms: u64,
-}
-
-/// Answer to a poll.
-#[derive(Deserialize)]
-struct PollResponse {
-    #[serde(default)]
-    runs: Vec<Task>,
-}
-
-/// A run claimed by this worker.
-#[derive(Deserialize)]
-struct Task {
-    run_id: RunId,
-    workflow: String,
-    #[serde(default)]
-    input: Value,
-    #[serde(default)]
-    attempt: u32,
-    lease_token: Uuid,
-    #[serde(default)]
-    journal: Vec<JournalEntry>,
-}
-
-/// Body of `POST /v1/runs/{id}/complete`.
-#[derive(Serialize)]
-struct CompleteRequest<'a> {
-    lease_token: Uuid,
-    output: &'a Value,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    steps: &'a [DeferredStep],
-}
-
-/// Body of `POST /v1/runs/{id}/fail`.
-#[derive(Serialize)]
-struct FailRequest<'a> {
-    lease_token: Uuid,
-    error: &'a str,
-    retryable: bool,
 }
 
 #[cfg(test)]
@@ -1009,7 +881,7 @@ mod tests {
 
     #[test]
     fn task_deserializes_from_the_wire_format() -> serde_json::Result<()> {
-        let response: PollResponse = serde_json::from_str(
+        let response: PollAnswer = serde_json::from_str(
             r#"{"runs":[{"run_id":"0190b5a0-0000-7000-8000-000000000001","workflow":"greet",
                 "input":{"name":"World"},"attempt":1,
                 "lease_token":"0190b5a0-0000-7000-8000-000000000002",

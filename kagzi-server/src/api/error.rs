@@ -4,12 +4,9 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+pub use kagzi_proto::{PROBLEM_JSON, Problem};
 
 use crate::store;
-
-/// The media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An error the API answers with.
 #[derive(Debug, thiserror::Error)]
@@ -63,55 +60,17 @@ pub enum ApiError {
 /// The handlers' result type.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// An RFC 9457 problem document: the body of every 4xx and 5xx answer, sent as
-/// `application/problem+json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[schema(example = json!({
-    "type": "urn:kagzi:problem:not-found",
-    "title": "Not found",
-    "status": 404,
-    "detail": "run 0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a not found"
-}))]
-pub struct Problem {
-    /// A URI naming the kind of problem: `urn:kagzi:problem:<slug>`, stable across releases.
-    #[serde(rename = "type")]
-    #[schema(example = "urn:kagzi:problem:not-found")]
-    pub kind: String,
-    /// A short summary of the kind of problem; the same for every occurrence of a kind.
-    #[schema(example = "Not found")]
-    pub title: String,
-    /// The HTTP status code of the answer.
-    #[schema(example = 404, minimum = 400, maximum = 599)]
-    pub status: u16,
-    /// What went wrong this time. For 5xx answers it never carries internals; those are logged.
-    #[schema(example = "run 0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a not found")]
-    pub detail: String,
-}
-
-impl Problem {
-    /// A problem of kind `slug` with `status`, `title` and `detail`.
-    pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
-        Self {
-            kind: format!("urn:kagzi:problem:{slug}"),
-            title: title.to_owned(),
-            status: status.as_u16(),
-            detail: detail.into(),
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        // Serializing four plain fields cannot fail.
-        let body = serde_json::to_vec(&self).unwrap_or_default();
-        (
-            status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
-            body,
-        )
-            .into_response()
-    }
+/// The answer carrying `problem`: its status, `application/problem+json`, the document.
+pub fn problem_response(problem: &Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // Serializing four plain fields cannot fail.
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+        body,
+    )
+        .into_response()
 }
 
 impl ApiError {
@@ -185,13 +144,13 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        Problem::new(status, slug, title, detail)
+        Problem::new(status.as_u16(), slug, title, detail)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = self.to_problem().into_response();
+        let mut response = problem_response(&self.to_problem());
         if let Self::Unauthorized { challenge, .. } = &self {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

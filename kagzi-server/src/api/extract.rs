@@ -4,7 +4,10 @@
 use std::io;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -29,12 +32,73 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<PayloadLimit>().copied();
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection, limit)),
+        read_json(req, state, true).await.map(Self)
+    }
+}
+
+/// A JSON body that may be any JSON value (a signal's payload), not only an object.
+#[derive(Debug, Clone, Default)]
+pub struct AnyJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AnyJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_json(req, state, false).await.map(Self)
+    }
+}
+
+/// Reads a JSON body. With `object_only`, a body that is not a JSON object is refused:
+/// serde would otherwise read a struct from an array of its fields (`[null, null]`).
+async fn read_json<S, T>(req: Request, state: &S, object_only: bool) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    let limit = req.extensions().get::<PayloadLimit>().copied();
+    if !json_content_type(req.headers()) {
+        return Err(ApiError::UnsupportedMediaType(
+            "Expected request with `Content-Type: application/json`".to_owned(),
+        ));
+    }
+    let bytes = match Bytes::from_request(req, state).await {
+        Ok(bytes) => bytes,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::PayloadTooLarge {
+                what: "request body".to_owned(),
+                limit: limit.map_or(0, |l| l.0),
+            });
+        }
+        Err(rejection) => return Err(ApiError::BadRequest(rejection.body_text())),
+    };
+    if object_only {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|&b| b != b'{') {
+            return Err(ApiError::InvalidBody(
+                "the request body must be a JSON object".to_owned(),
+            ));
         }
     }
+    match axum::Json::<T>::from_bytes(&bytes) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => Err(json_rejection(rejection, limit)),
+    }
+}
+
+/// Whether the request says its body is JSON: `application/json` or `application/*+json`.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
@@ -97,57 +161,6 @@ where
             }
             Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }
-    }
-}
-
-/// Serde helpers for integer fields: JSON Schema counts `7.0` as an integer, so the API
-/// accepts a whole number written with a fraction of zero, and refuses anything out of the
-/// field's documented range (at most `i32::MAX` for what is stored as a 32-bit integer).
-pub(crate) mod whole {
-    use serde::de::{Deserialize, Deserializer, Error};
-
-    fn number<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<u64, D::Error> {
-        let n = serde_json::Number::deserialize(d)?;
-        let value = match (n.as_u64(), n.as_f64()) {
-            (Some(v), _) => v,
-            (None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f <= max as f64 => f as u64,
-            _ => {
-                return Err(D::Error::custom(format!(
-                    "invalid value: {n}, expected a whole number from 0 to {max}"
-                )));
-            }
-        };
-        if value > max {
-            return Err(D::Error::custom(format!(
-                "invalid value: {value}, expected a whole number from 0 to {max}"
-            )));
-        }
-        Ok(value)
-    }
-
-    /// A `u32` from 0 to `i32::MAX`.
-    pub(crate) fn u31<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        // The bound keeps the value in range.
-        number(d, i32::MAX as u64).map(|v| v as u32)
-    }
-
-    /// An optional `u32` from 0 to `i32::MAX` (with `#[serde(default)]`).
-    pub(crate) fn opt_u31<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-        Option::<serde_json::Number>::deserialize(d)?
-            .map(|n| u31(n).map_err(D::Error::custom))
-            .transpose()
-    }
-
-    /// An optional `u64` from 0 to `i64::MAX` (with `#[serde(default)]`).
-    pub(crate) fn opt_u63<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        Option::<serde_json::Number>::deserialize(d)?
-            .map(|n| u63(n).map_err(D::Error::custom))
-            .transpose()
-    }
-
-    /// A `u64` from 0 to `i64::MAX`.
-    pub(crate) fn u63<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        number(d, i64::MAX as u64)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `/healthz` (the process is up) and `/readyz` (it can reach its database).
 
 use axum::extract::State;
-use serde::Serialize;
+use kagzi_proto::Health;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -16,16 +16,10 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(readyz))
 }
 
-/// A health answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"status": "ok"}))]
-pub(crate) struct Health {
-    /// Always `ok`.
-    #[schema(value_type = String, example = "ok")]
-    status: &'static str,
-}
-
-/// Liveness: the process is up and serving. Never needs an API key.
+/// Liveness: the process is up.
+///
+/// Answers 200 as long as the process serves requests; it does not touch the database. Never
+/// needs an API key: point a container's liveness probe here.
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -34,10 +28,13 @@ pub(crate) struct Health {
     responses((status = 200, description = "The server is up.", body = Health)),
 )]
 async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health::ok())
 }
 
-/// Readiness: the server can reach its database. Never needs an API key.
+/// Readiness: the server can reach its database.
+///
+/// Answers 200 when a statement reaches the database, 503 when it cannot. Never needs an API
+/// key: point a load balancer's readiness check here.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -51,5 +48,5 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>> {
         .ping()
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(Json(Health { status: "ok" }))
+    Ok(Json(Health::ok()))
 }

@@ -7,10 +7,13 @@ pub mod error;
 pub mod extract;
 mod health;
 pub mod openapi;
+mod queues;
+mod repair;
 mod reports;
 mod runs;
 mod schedules;
 mod workers;
+mod workflows;
 
 use std::any::Any;
 use std::iter::once;
@@ -27,7 +30,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
 use self::auth::Keys;
-use self::error::{ApiError, PROBLEM_JSON, Problem};
+use self::error::{ApiError, PROBLEM_JSON, Problem, problem_response};
 use self::extract::PayloadLimit;
 use crate::state::AppState;
 
@@ -42,6 +45,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(batch::router())
         .merge(schedules::router())
         .merge(workers::router())
+        .merge(queues::router())
+        .merge(repair::router())
+        .merge(workflows::router())
 }
 
 /// The OpenAPI document of the API, as served at `/openapi.json`.
@@ -140,7 +146,7 @@ async fn problem_for_bare_errors(response: Response<Body>) -> Response<Body> {
         format!("the request failed with {status}")
     };
     let (parts, _) = response.into_parts();
-    let mut fresh = Problem::new(status, &slug, title, detail).into_response();
+    let mut fresh = problem_response(&Problem::new(status.as_u16(), &slug, title, detail));
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             fresh.headers_mut().append(name, value.clone());

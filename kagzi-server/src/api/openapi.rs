@@ -29,10 +29,12 @@ use super::error::{PROBLEM_JSON, Problem};
             `/openapi.json` are always open.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
+    servers((url = "/", description = "The server that serves this document (by default http://localhost:50051)")),
     tags(
         (name = "runs", description = "Start, read, list, wait for and cancel workflow runs."),
         (name = "workers", description = "The worker protocol: register, heartbeat, poll for runs, deregister."),
         (name = "reports", description = "A worker's reports on a run it holds, fenced by the lease token."),
+        (name = "schedules", description = "Cron schedules that start runs of a workflow at their due times."),
         (name = "operations", description = "Liveness and readiness."),
     ),
     components(schemas(Problem)),
@@ -47,6 +49,7 @@ pub(crate) fn finish(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::Open
     let base = ApiDoc::openapi();
     api.info = base.info;
     api.tags = base.tags;
+    api.servers = base.servers;
     let components = api.components.get_or_insert_with(Default::default);
     if let Some(base) = base.components {
         components.schemas.extend(base.schemas);
@@ -225,7 +228,10 @@ fn add_common_answers(path: &str, operation: &mut Operation) {
             .entry(status.to_owned())
             .or_insert_with(|| Ref::new(format!("#/components/responses/{name}")).into());
     }
-    if guarded {
-        operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
-    }
+    operation.security = Some(if guarded {
+        vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]
+    } else {
+        // Open routes say so: no key is needed.
+        Vec::new()
+    });
 }

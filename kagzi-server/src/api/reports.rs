@@ -2,65 +2,25 @@
 //! carries the lease token from the claim and is refused with 409 when the lease is gone.
 
 use axum::extract::State;
-use chrono::DateTime;
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use kagzi_proto::{
+    CompleteBody, FailBody, MAX_COMPLETED_STEPS, Problem, ReceiveBody, Received, Run, Step,
+    StepBody, StepStatus, SuspendBody,
+};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::{ApiError, Problem, Result};
-use super::extract::{Json, Path, check_payload, whole};
-use crate::model::{Run, RunId, Step, StepStatus};
+use super::error::{ApiError, Result};
+use super::extract::{Json, Path, check_payload};
+use crate::model::RunId;
 use crate::state::AppState;
 use crate::store::{Completion, StepReport, StepWrite, Suspend};
 
-/// `POST /v1/runs/{id}/steps` body: one step's outcome.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({
-    "lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e",
-    "key": "greet",
-    "position": 0,
-    "status": "completed",
-    "output": "Hello, World!"
-}))]
-pub(crate) struct StepBody {
-    /// The lease token from the poll that claimed the run.
-    lease_token: Uuid,
-    /// The step key: its name, plus `#n` for the n-th step of that name in the run.
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
-        example = "greet"
-    )]
-    key: String,
-    /// The step's 0-based position in the run, in call order.
-    #[serde(deserialize_with = "whole::u31")]
-    #[schema(maximum = 2147483647, example = 0)]
-    position: u32,
-    /// `completed` (with `output`) or `failed` (with `error`).
-    status: StepStatus,
-    /// The step's result, for a completed step (default `null`).
-    #[serde(default)]
-    output: Option<Value>,
-    /// The step's error, for a failed step (default: a note that it gave none).
-    #[serde(default)]
-    #[schema(pattern = r"^[^\u0000]*$")]
-    error: Option<String>,
-    /// How many attempts the step took (default 1).
-    #[serde(default = "one", deserialize_with = "whole::u31")]
-    #[schema(default = 1, maximum = 2147483647, example = 1)]
-    attempts: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// Records a step's outcome; answers with the journal entry as recorded. For a key that was
-/// already completed, that earlier record: the first result wins, and the worker continues
-/// with it.
+/// Record a step's outcome (worker).
+///
+/// Records the step under the worker's lease and answers with the journal entry as recorded.
+/// For a key that was already completed it answers with that earlier record: the first result
+/// wins, and the worker continues with it. Refused with 409 when the lease is gone.
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/steps",
@@ -80,7 +40,7 @@ pub(crate) async fn step(
 ) -> Result<Json<Step>> {
     let (write, bytes) = step_write(&state, id, body)?;
     let step = state.reports.steps.submit(write, bytes).await?;
-    Ok(Json(step))
+    Ok(Json(step.into()))
 }
 
 /// Checks a step report and makes it a write; with the bytes it carries.
@@ -117,53 +77,11 @@ pub(super) fn step_write(state: &AppState, id: Uuid, body: StepBody) -> Result<(
     Ok((write, bytes))
 }
 
-/// `POST /v1/runs/{id}/complete` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e", "output": {"message": "Hello, World!"}}))]
-pub(crate) struct CompleteBody {
-    /// The lease token from the poll that claimed the run.
-    lease_token: Uuid,
-    /// The workflow's output (default `null`).
-    #[serde(default)]
-    output: Value,
-    /// Completed steps not reported yet (typically the last one, which finished just before
-    /// the workflow returned): recorded, first write wins, before the run completes.
-    #[serde(default)]
-    #[schema(max_items = 128)]
-    steps: Vec<CompletedStep>,
-}
-
-/// A completed step reported with the run's completion.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"key": "greet", "position": 0, "output": "Hello, World!"}))]
-pub(crate) struct CompletedStep {
-    /// The step key.
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
-        example = "greet"
-    )]
-    key: String,
-    /// The step's 0-based position in the run.
-    #[serde(deserialize_with = "whole::u31")]
-    #[schema(maximum = 2147483647, example = 0)]
-    position: u32,
-    /// The step's result (default `null`).
-    #[serde(default)]
-    output: Value,
-    /// How many attempts the step took (default 1).
-    #[serde(default = "one", deserialize_with = "whole::u31")]
-    #[schema(default = 1, maximum = 2147483647, example = 1)]
-    attempts: u32,
-}
-
-/// The most steps one completion may carry.
-const MAX_COMPLETED_STEPS: usize = 128;
-
-/// Completes the run with the workflow's output.
+/// Complete a run (worker).
+///
+/// Completes the run under the worker's lease with the workflow's output, recording first the
+/// completed steps the body carries (first write wins). Refused with 409 when the lease is
+/// gone.
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/complete",
@@ -183,7 +101,7 @@ pub(crate) async fn complete(
 ) -> Result<Json<Run>> {
     let (completion, bytes) = completion(&state, id, body)?;
     let run = state.reports.completions.submit(completion, bytes).await?;
-    Ok(Json(run))
+    Ok(Json(run.into()))
 }
 
 /// Checks a completion and its carried steps; with the bytes it carries.
@@ -228,28 +146,11 @@ pub(super) fn completion(
     Ok((completion, bytes))
 }
 
-/// `POST /v1/runs/{id}/fail` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e", "error": "card declined", "retryable": true}))]
-pub(crate) struct FailBody {
-    /// The lease token from the poll that claimed the run.
-    lease_token: Uuid,
-    /// What went wrong.
-    #[schema(pattern = r"^[^\u0000]*$", example = "card declined")]
-    error: String,
-    /// False for errors that a retry cannot fix; the run then fails at once (default true).
-    #[serde(default = "yes")]
-    #[schema(default = true)]
-    retryable: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Fails the current attempt; the run is retried with backoff while retries remain (and
-/// the error is retryable), and fails for good otherwise.
+/// Fail a run's attempt (worker).
+///
+/// Fails the current attempt under the worker's lease. The run is retried with backoff while
+/// retries remain and the error is retryable, and fails for good otherwise. Refused with 409
+/// when the lease is gone.
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/fail",
@@ -279,29 +180,14 @@ pub(crate) async fn fail(
             Utc::now(),
         )
         .await?;
-    Ok(Json(run))
+    Ok(Json(run.into()))
 }
 
-/// `POST /v1/runs/{id}/suspend` body: what the run waits for (at least one).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[schema(example = json!({"lease_token": "5f0c2b1e-8d4a-4c3b-9e7f-1a2b3c4d5e6f", "until": "2026-11-26T09:00:00Z"}))]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SuspendBody {
-    lease_token: Uuid,
-    /// Wake at this time (a sleep's end, or a timeout for a signal or child).
-    #[serde(default)]
-    until: Option<DateTime<Utc>>,
-    /// Wake when a signal of this name arrives.
-    #[serde(default)]
-    signal: Option<String>,
-    /// Wake when this child run ends.
-    #[serde(default)]
-    child: Option<RunId>,
-}
-
-/// Suspends the run (the worker lets go of it): it sleeps, or waits for a signal or a child.
-/// When that already happened — or the body names nothing to wait for — the run is due again
-/// at once.
+/// Suspend a run (worker).
+///
+/// The worker lets go of the run: it sleeps until a time, or waits for a signal or a child run
+/// to end. When that already happened (or the body names nothing to wait for) the run is due
+/// again at once. Refused with 409 when the lease is gone.
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/suspend",
@@ -328,31 +214,14 @@ pub(crate) async fn suspend(
         .store
         .suspend_run(RunId(id), body.lease_token, &suspend, Utc::now())
         .await?;
-    Ok(Json(run))
+    Ok(Json(run.into()))
 }
 
-/// `POST /v1/runs/{id}/signals/{name}/receive` body: the step the signal becomes.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[schema(example = json!({"lease_token": "5f0c2b1e-8d4a-4c3b-9e7f-1a2b3c4d5e6f", "key": "signal:approve", "position": 2}))]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ReceiveBody {
-    lease_token: Uuid,
-    key: String,
-    #[serde(deserialize_with = "whole::u31")]
-    #[schema(maximum = 2147483647, example = 2)]
-    position: u32,
-}
-
-/// `POST /v1/runs/{id}/signals/{name}/receive` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"step": null}))]
-pub(crate) struct Received {
-    /// The step the signal was recorded as (output `{"payload": ...}`); null when no signal
-    /// of that name is waiting.
-    step: Option<Step>,
-}
-
-/// Takes the oldest waiting signal of a name and records it as the step `key`.
+/// Take a waiting signal (worker).
+///
+/// Takes the oldest waiting signal of this name and records it as the step `key` under the
+/// worker's lease; `step` is null when none is waiting. Refused with 409 when the lease is
+/// gone.
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/signals/{name}/receive",
@@ -384,5 +253,7 @@ pub(crate) async fn receive(
             Utc::now(),
         )
         .await?;
-    Ok(Json(Received { step }))
+    Ok(Json(Received {
+        step: step.map(Into::into),
+    }))
 }

@@ -5,17 +5,20 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use kagzi_proto::{
+    Problem, ResultQuery, Run, RunCounts, RunFilter, RunPage, RunStatus, SignalList, SignalSent,
+    StartRun, Started, StepList,
+};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::error::{ApiError, Problem, Result};
-use super::extract::{Json, Path, Query, check_payload, whole};
-use crate::model::{RetryPolicy, Run, RunId, RunStatus, ScheduleId, Step};
+use super::error::{ApiError, Result};
+use super::extract::{AnyJson, Json, Path, Query, check_payload};
+use crate::model::RunId;
 use crate::state::AppState;
-use crate::store::{NewRun, RunFilter};
+use crate::store::NewRun;
 
 /// The longest a result long-poll waits.
 const MAX_RESULT_WAIT: Duration = Duration::from_secs(60);
@@ -28,7 +31,9 @@ const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(start, list))
-        .routes(routes!(show))
+        .routes(routes!(counts))
+        .routes(routes!(show, super::repair::remove))
+        .routes(routes!(signals))
         .routes(routes!(steps, super::reports::step))
         .routes(routes!(result))
         .routes(routes!(cancel))
@@ -37,78 +42,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(super::reports::suspend))
         .routes(routes!(super::reports::complete))
         .routes(routes!(super::reports::fail))
-}
-
-/// `POST /v1/runs` body: which workflow to run, on which queue, with what input.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"workflow": "greet", "input": {"name": "World"}}))]
-pub(crate) struct StartRun {
-    /// The name the workflow function is registered under on the workers.
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
-        example = "greet"
-    )]
-    workflow: String,
-    /// The queue the run waits on; workers poll one queue each.
-    #[serde(default = "default_queue")]
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
-        default = "default",
-        example = "default"
-    )]
-    queue: String,
-    /// The workflow's input: any JSON value (default `null`), at most the payload limit
-    /// (2 MiB by default) as JSON.
-    #[serde(default)]
-    #[schema(example = json!({"name": "World"}))]
-    input: Value,
-    /// How many times a failed run is retried, with exponential backoff.
-    #[serde(default, deserialize_with = "whole::u31")]
-    #[schema(default = 0, maximum = 2147483647, example = 3)]
-    retries: u32,
-    /// Start no earlier than this many milliseconds from now (at most ten years).
-    #[serde(default, deserialize_with = "whole::u63")]
-    #[schema(default = 0, maximum = 315360000000_u64, example = 0)]
-    delay_ms: u64,
-    /// A start with a key that an earlier start used returns that run (200) instead of
-    /// creating one; with a different workflow or input it is a 409. A key is kept for the
-    /// server's idempotency window (`KAGZI_IDEMPOTENCY_WINDOW_MS`, default 24 hours) after
-    /// the run it started was created; a child run's key for good.
-    #[serde(default)]
-    #[schema(min_length = 1, max_length = 255, example = "order-7")]
-    idempotency_key: Option<String>,
-    /// The run fails with a timeout once this many milliseconds passed since the start,
-    /// whatever it is doing (at most ten years).
-    #[serde(default, deserialize_with = "whole::opt_u63")]
-    #[schema(maximum = 315360000000_u64, example = 60000)]
-    timeout_ms: Option<u64>,
-    /// How a failed run is retried; overrides `retries`.
-    #[serde(default)]
-    retry_policy: Option<RetryPolicy>,
-    /// The run starting this one as its child (set by workers).
-    #[serde(default)]
-    parent_id: Option<RunId>,
-}
-
-fn default_queue() -> String {
-    "default".to_owned()
-}
-
-/// `POST /v1/runs` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "status": "pending"}))]
-pub(crate) struct Started {
-    /// The new run's id.
-    id: RunId,
-    /// `pending` for a new run that waits for a worker, `running` for one handed straight to
-    /// a worker that was waiting for it; for the run an earlier start with the same
-    /// idempotency key made, its status now.
-    status: RunStatus,
 }
 
 /// Checks a workflow, queue or step name: not blank, at most [`MAX_NAME_LEN`] characters.
@@ -130,8 +63,12 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Starts a run of a workflow. The run waits as `pending` until a worker of its queue that
-/// can run the workflow claims it.
+/// Start a run of a workflow.
+///
+/// The run waits as `pending` until a worker of its queue that can run the workflow claims it;
+/// a worker already waiting for it gets it at once (the answer then says `running`). With an
+/// `idempotency_key`, a start repeated within the server's idempotency window returns the same
+/// run (200).
 #[utoipa::path(
     post,
     path = "/v1/runs",
@@ -260,77 +197,116 @@ pub(super) async fn start_checked(
     ))
 }
 
-/// `GET /v1/runs` query.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct ListQuery {
-    /// Only runs of this workflow.
-    #[param(example = "greet")]
-    workflow: Option<String>,
-    /// Only runs on this queue.
-    #[param(example = "default")]
-    queue: Option<String>,
-    /// Only runs in this status.
-    status: Option<RunStatus>,
-    /// Only runs started by this schedule.
-    schedule_id: Option<Uuid>,
-    /// At most this many runs (1 to 1000, default 50).
-    #[param(minimum = 1, maximum = 1000, default = 50)]
-    limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<Uuid>,
-    parent_id: Option<Uuid>,
-}
-
-/// `GET /v1/runs` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"runs": [], "next_cursor": null}))]
-pub(crate) struct RunPage {
-    /// The runs, newest first.
-    pub(crate) runs: Vec<Run>,
-    /// Pass as `cursor` to get the next (older) page; null on the last page.
-    pub(crate) next_cursor: Option<RunId>,
-}
-
-/// Lists runs, newest first, one page at a time.
+/// List runs.
+///
+/// Newest first, one page at a time: pass the answer's `next_cursor` as `cursor` for the next
+/// (older) page. Filters combine; without any, every run is listed.
 #[utoipa::path(
     get,
     path = "/v1/runs",
     tag = "runs",
     operation_id = "list_runs",
-    params(ListQuery),
+    params(RunFilter),
     responses((status = 200, description = "One page of runs.", body = RunPage)),
 )]
-async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<RunPage>> {
-    let limit = q.limit.unwrap_or(50);
+async fn list(State(state): State<AppState>, Query(q): Query<RunFilter>) -> Result<Json<RunPage>> {
+    let limit = page_limit(q.limit)?;
+    let filter = store_filter(q, limit + 1)?;
+    let mut runs = state.store.list_runs(&filter).await?;
+    let next_cursor = super::next_page(&mut runs, limit, |r| r.id);
+    Ok(Json(RunPage {
+        runs: runs.into_iter().map(Run::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// A listing's page size: `limit`, 50 by default, refused outside 1 to 1000.
+fn page_limit(limit: Option<u32>) -> Result<u32> {
+    let limit = limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and 1000, not {limit}"
         )));
     }
-    for (name, value) in [("workflow", &q.workflow), ("queue", &q.queue)] {
+    Ok(limit)
+}
+
+/// The store's filter for a listing's query `q`, reading at most `limit` runs.
+pub(super) fn store_filter(q: RunFilter, limit: u32) -> Result<crate::store::RunFilter> {
+    for (name, value) in [
+        ("workflow", &q.workflow),
+        ("queue", &q.queue),
+        ("idempotency_key", &q.idempotency_key),
+    ] {
         if value.as_ref().is_some_and(|v| v.contains('\0')) {
             return Err(ApiError::BadRequest(format!(
                 "{name} must not contain U+0000 (the NUL character)"
             )));
         }
     }
-    let filter = RunFilter {
+    Ok(crate::store::RunFilter {
         workflow: q.workflow,
         queue: q.queue,
         status: q.status,
-        parent_id: q.parent_id.map(RunId),
-        schedule_id: q.schedule_id.map(ScheduleId),
-        before: q.cursor.map(RunId),
-        limit: limit + 1,
-    };
-    let mut runs = state.store.list_runs(&filter).await?;
-    let next_cursor = super::next_page(&mut runs, limit, |r| r.id);
-    Ok(Json(RunPage { runs, next_cursor }))
+        parent_id: q.parent_id,
+        schedule_id: q.schedule_id,
+        idempotency_key: q.idempotency_key,
+        created_after: q.created_after,
+        created_before: q.created_before,
+        before: q.cursor,
+        limit,
+    })
 }
 
-/// Reads one run as it stands now.
+/// The most runs of one status that `GET /v1/runs/counts` counts.
+const COUNT_CAP: u64 = 10_000;
+
+/// Count runs by status.
+///
+/// How many runs the filter matches in each status (the filter's `status`, `cursor` and
+/// `limit` are ignored). Each count stops at `cap` (10000), so that counting stays fast on
+/// a table of millions of runs: a count equal to `cap` means that many or more, and
+/// `capped` says so.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/counts",
+    tag = "runs",
+    operation_id = "count_runs",
+    params(RunFilter),
+    responses((status = 200, description = "The counts by status.", body = RunCounts)),
+)]
+async fn counts(
+    State(state): State<AppState>,
+    Query(q): Query<RunFilter>,
+) -> Result<Json<RunCounts>> {
+    // A limit is no part of a count, but one given must still be one a listing takes.
+    page_limit(q.limit)?;
+    let filter = store_filter(q, 0)?;
+    Ok(Json(state.store.count_runs(&filter, COUNT_CAP).await?))
+}
+
+/// Read a run's signals.
+///
+/// The signals sent to the run, in the order they were sent (at most the latest 1000):
+/// each with its payload, and the step key it was received as, or null while it waits.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/signals",
+    tag = "runs",
+    operation_id = "list_signals",
+    params(("id" = Uuid, Path, description = "The run's id.")),
+    responses((status = 200, description = "The run's signals.", body = SignalList)),
+)]
+async fn signals(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<SignalList>> {
+    Ok(Json(SignalList {
+        signals: state.store.list_signals(RunId(id)).await?,
+    }))
+}
+
+/// Read a run.
+///
+/// The run as it stands now: status, input, output or error, attempts, times, and what a
+/// suspended run waits for.
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}",
@@ -340,18 +316,13 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
     responses((status = 200, description = "The run.", body = Run)),
 )]
 async fn show(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
-    Ok(Json(state.store.get_run(RunId(id)).await?))
+    Ok(Json(state.store.get_run(RunId(id)).await?.into()))
 }
 
-/// `GET /v1/runs/{id}/steps` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"steps": [{"key": "greet", "position": 0, "status": "completed", "output": "Hello, World!", "error": null, "attempts": 1, "created_at": "2026-11-26T09:00:00.020Z", "finished_at": "2026-11-26T09:00:00.020Z"}]}))]
-pub(crate) struct StepList {
-    /// The run's journal, in position order.
-    steps: Vec<Step>,
-}
-
-/// Lists the run's recorded steps (its journal), in position order.
+/// Read a run's journal.
+///
+/// The run's recorded steps, in position order: each with its key, status, output or error,
+/// attempts and times.
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}/steps",
@@ -361,23 +332,16 @@ pub(crate) struct StepList {
     responses((status = 200, description = "The run's steps.", body = StepList)),
 )]
 async fn steps(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<StepList>> {
+    let steps = state.store.list_steps(RunId(id)).await?;
     Ok(Json(StepList {
-        steps: state.store.list_steps(RunId(id)).await?,
+        steps: steps.into_iter().map(Into::into).collect(),
     }))
 }
 
-/// `GET /v1/runs/{id}/result` query.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct ResultQuery {
-    /// How long to wait for the run to end, in milliseconds (default 30000, at most 60000).
-    #[param(default = 30000, maximum = 60000, example = 5000)]
-    timeout_ms: Option<u64>,
-}
-
-/// Waits until the run has ended (completed, failed or cancelled) or the timeout passes,
-/// then answers with the run as it stands: check its `status`.
+/// Wait for a run to end.
+///
+/// A long poll: answers as soon as the run has ended (completed, failed or cancelled), or with
+/// the run as it stands once `timeout_ms` passed. Check the answer's `status`.
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}/result",
@@ -414,18 +378,21 @@ async fn result(
         };
         let now = tokio::time::Instant::now();
         if run.status.is_terminal() || now >= deadline {
-            return Ok(Json(run));
+            return Ok(Json(run.into()));
         }
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep_until(deadline.min(now + recheck)) => {}
-            () = state.shutdown.cancelled() => return Ok(Json(run)),
+            () = state.shutdown.cancelled() => return Ok(Json(run.into())),
         }
     }
 }
 
-/// Cancels a run that has not ended. A running run is stopped by its worker at the next
-/// heartbeat.
+/// Cancel a run.
+///
+/// Cancels a run that has not ended, and every child run of it. A pending, sleeping or waiting
+/// run is cancelled at once; a running one is stopped by its worker at the next heartbeat, and
+/// no further step starts.
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/cancel",
@@ -440,19 +407,14 @@ async fn result(
 async fn cancel(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
     let run = state.store.cancel_run(RunId(id), Utc::now()).await?;
     tracing::info!(run_id = %run.id, "run cancelled");
-    Ok(Json(run))
+    Ok(Json(run.into()))
 }
 
-/// `POST /v1/runs/{id}/signals/{name}` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"run_id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "name": "approve"}))]
-pub(crate) struct SignalSent {
-    run_id: RunId,
-    name: String,
-}
-
-/// Sends a signal (the JSON body is its payload) to a run that has not ended. Signals are
-/// kept until the run receives them, in the order they arrived; a run waiting for one wakes.
+/// Send a signal to a run.
+///
+/// The JSON body is the signal's payload. Signals are kept until the run receives them, one at
+/// a time in the order they arrived; a run waiting for this signal wakes at once. A run that
+/// already ended refuses it (409).
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/signals/{name}",
@@ -471,7 +433,7 @@ pub(crate) struct SignalSent {
 async fn signal(
     State(state): State<AppState>,
     Path((id, name)): Path<(Uuid, String)>,
-    Json(payload): Json<Value>,
+    AnyJson(payload): AnyJson<Value>,
 ) -> Result<(StatusCode, Json<SignalSent>)> {
     check_name("signal name", &name)?;
     check_payload("signal payload", &payload, state.config.max_payload_bytes)?;

@@ -5,24 +5,21 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use kagzi_proto::{
+    CreateSchedule, Problem, Run, RunPage, RunStatus, Schedule, ScheduleFilter, SchedulePage,
+    ScheduleRunsQuery, Triggered, UpdateSchedule,
+};
 use uuid::Uuid;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, Problem, Result};
-use super::extract::{Json, Path, Query, check_payload, whole};
-use super::runs::{RunPage, check_name};
-use crate::model::{RunId, RunStatus};
-use crate::schedule::{
-    CatchUp, CronSpec, MAX_CATCH_UP, MIN_CATCH_UP_WINDOW_MS, Overlap, Schedule, ScheduleId,
-};
+use super::error::{ApiError, Result};
+use super::extract::{Json, Path, Query, check_payload};
+use super::runs::check_name;
+use crate::schedule::{CatchUp, CronSpec, MAX_CATCH_UP, MIN_CATCH_UP_WINDOW_MS, ScheduleId};
 use crate::state::AppState;
-use crate::store::{
-    self, NewSchedule, RunFilter, ScheduleFilter, ScheduleKey, ScheduleSpec, ScheduleUpdate,
-};
+use crate::store::{self, NewSchedule, ScheduleKey, ScheduleSpec, ScheduleUpdate};
 
 /// How many times an update is retried when the scheduler fired the schedule meanwhile.
 const UPDATE_ATTEMPTS: usize = 5;
@@ -36,112 +33,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(resume))
         .routes(routes!(trigger))
         .routes(routes!(runs))
-}
-
-/// `POST /v1/schedules` body: what to start, when, and the policies.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"name": "daily_report", "workflow": "daily_report", "queue": "reports", "cron": "0 0 9 * * *", "input": {"team": "ops"}}))]
-pub(crate) struct CreateSchedule {
-    /// The schedule's id; one is made up when absent.
-    #[serde(default)]
-    id: Option<Uuid>,
-    /// A unique name, usable in place of the id (not itself a UUID).
-    #[serde(default)]
-    #[schema(min_length = 1, max_length = 255, example = "daily_report")]
-    name: Option<String>,
-    /// The workflow each run executes.
-    #[schema(min_length = 1, max_length = 255, example = "daily_report")]
-    workflow: String,
-    /// The queue the runs go to.
-    #[serde(default = "default_queue")]
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        default = "default",
-        example = "reports"
-    )]
-    queue: String,
-    /// Five fields (`0 9 * * *`), or six with seconds first (`0 0 9 * * *`).
-    #[schema(example = "0 0 9 * * *")]
-    cron: String,
-    /// The IANA time zone the expression is read in.
-    #[serde(default = "default_time_zone")]
-    #[schema(default = "UTC", example = "Europe/Berlin")]
-    time_zone: String,
-    /// The input of every run (any JSON value).
-    #[serde(default)]
-    input: Value,
-    /// How many times a failed run is retried.
-    #[serde(default, deserialize_with = "whole::u31")]
-    #[schema(default = 0, maximum = 2147483647)]
-    retries: u32,
-    /// What happens at a due time while the previous run is still going.
-    #[serde(default)]
-    overlap: Overlap,
-    /// Catch-up: due times older than this many milliseconds are dropped (absent: no limit).
-    #[serde(default, deserialize_with = "whole::opt_u63")]
-    #[schema(minimum = 1000, maximum = 315360000000_u64)]
-    catch_up_window_ms: Option<u64>,
-    /// Catch-up: at most this many of the most recent missed due times start.
-    #[serde(default = "default_catch_up_max", deserialize_with = "whole::u31")]
-    #[schema(default = 1, minimum = 1, maximum = 1000)]
-    catch_up_max: u32,
-    /// Create the schedule paused.
-    #[serde(default)]
-    paused: bool,
-}
-
-fn default_queue() -> String {
-    "default".to_owned()
-}
-
-fn default_time_zone() -> String {
-    "UTC".to_owned()
-}
-
-fn default_catch_up_max() -> u32 {
-    CatchUp::default().max
-}
-
-/// `PATCH /v1/schedules/{id}` body: the fields to change; absent fields keep their value.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"cron": "0 30 9 * * *", "overlap": "buffer_one"}))]
-pub(crate) struct UpdateSchedule {
-    /// The workflow each run executes.
-    #[schema(min_length = 1, max_length = 255)]
-    workflow: Option<String>,
-    /// The queue the runs go to.
-    #[schema(min_length = 1, max_length = 255)]
-    queue: Option<String>,
-    /// The cron expression.
-    cron: Option<String>,
-    /// The IANA time zone.
-    time_zone: Option<String>,
-    /// The input of every run.
-    input: Option<Value>,
-    /// How many times a failed run is retried.
-    #[serde(default, deserialize_with = "whole::opt_u31")]
-    #[schema(maximum = 2147483647)]
-    retries: Option<u32>,
-    /// The overlap policy.
-    overlap: Option<Overlap>,
-    /// A number sets the window, `null` removes it, absent keeps it.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>, minimum = 1000, maximum = 315360000000_u64)]
-    catch_up_window_ms: Option<Option<u64>>,
-    /// Catch-up: at most this many missed due times start.
-    #[serde(default, deserialize_with = "whole::opt_u31")]
-    #[schema(minimum = 1, maximum = 1000)]
-    catch_up_max: Option<u32>,
-}
-
-/// Tells a field set to `null` (`Some(None)`) from an absent one (`None`, by `default`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> std::result::Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Checks a schedule's settings and parses its cron expression.
@@ -192,7 +83,11 @@ fn key(id: &str) -> ScheduleKey {
     }
 }
 
-/// Creates a schedule. Its first run starts at the first due time after now.
+/// Create a schedule.
+///
+/// The schedule starts a run of its workflow at every due time of its cron expression, read in
+/// its time zone; the first at the first due time after now. An invalid expression or time zone
+/// is refused with 422 saying what is wrong.
 #[utoipa::path(
     post,
     path = "/v1/schedules",
@@ -233,7 +128,7 @@ async fn create(
     let now = Utc::now();
     let first = first_fire(&cron, &spec.cron, now)?;
     let new = NewSchedule {
-        id: req.id.map_or_else(ScheduleId::new, ScheduleId),
+        id: req.id.unwrap_or_default(),
         name: req.name,
         spec,
         paused: req.paused,
@@ -242,34 +137,7 @@ async fn create(
     let schedule = state.store.create_schedule(&new, now).await?;
     state.wakeups.schedules.notify_one();
     tracing::info!(schedule_id = %schedule.id, cron = %schedule.cron, "schedule created");
-    Ok((StatusCode::CREATED, Json(schedule)))
-}
-
-/// `GET /v1/schedules` query.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct ListQuery {
-    /// Only schedules of this workflow.
-    workflow: Option<String>,
-    /// Only schedules on this queue.
-    queue: Option<String>,
-    /// Only paused (true) or only active (false) schedules.
-    paused: Option<bool>,
-    /// At most this many (1 to 1000, default 50).
-    #[param(minimum = 1, maximum = 1000, default = 50)]
-    limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<Uuid>,
-}
-
-/// `GET /v1/schedules` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"schedules": [], "next_cursor": null}))]
-pub(crate) struct SchedulePage {
-    schedules: Vec<Schedule>,
-    /// Pass as `cursor` to get the next (older) page; null on the last page.
-    next_cursor: Option<ScheduleId>,
+    Ok((StatusCode::CREATED, Json(schedule.into())))
 }
 
 fn check_limit(limit: Option<u32>) -> Result<u32> {
@@ -282,36 +150,42 @@ fn check_limit(limit: Option<u32>) -> Result<u32> {
     Ok(limit)
 }
 
-/// Lists schedules, newest first, a page at a time.
+/// List schedules.
+///
+/// Newest first, one page at a time: pass the answer's `next_cursor` as `cursor` for the next
+/// (older) page.
 #[utoipa::path(
     get,
     path = "/v1/schedules",
     tag = "schedules",
     operation_id = "list_schedules",
-    params(ListQuery),
+    params(ScheduleFilter),
     responses((status = 200, description = "A page of schedules.", body = SchedulePage)),
 )]
 async fn list(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<ScheduleFilter>,
 ) -> Result<Json<SchedulePage>> {
     let limit = check_limit(q.limit)?;
-    let filter = ScheduleFilter {
+    let filter = store::ScheduleFilter {
         workflow: q.workflow,
         queue: q.queue,
         paused: q.paused,
-        before: q.cursor.map(ScheduleId),
+        before: q.cursor,
         limit: limit + 1,
     };
     let mut schedules = state.store.list_schedules(&filter).await?;
     let next_cursor = super::next_page(&mut schedules, limit, |s| s.id);
     Ok(Json(SchedulePage {
-        schedules,
+        schedules: schedules.into_iter().map(Schedule::from).collect(),
         next_cursor,
     }))
 }
 
-/// One schedule.
+/// Read a schedule.
+///
+/// The schedule by its id or unique name: its settings, next and last due times, and a buffered
+/// due time if one waits.
 #[utoipa::path(
     get,
     path = "/v1/schedules/{id}",
@@ -323,10 +197,13 @@ async fn list(
     ),
 )]
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Schedule>> {
-    Ok(Json(state.store.get_schedule(&key(&id)).await?))
+    Ok(Json(state.store.get_schedule(&key(&id)).await?.into()))
 }
 
-/// Changes a schedule's settings. A new cron expression or time zone moves the next due time.
+/// Change a schedule.
+///
+/// Only the fields given change. A new cron expression or time zone moves the next due time to
+/// the first after now.
 #[utoipa::path(
     patch,
     path = "/v1/schedules/{id}",
@@ -383,7 +260,7 @@ async fn update(
         {
             Ok(schedule) => {
                 state.wakeups.schedules.notify_one();
-                return Ok(Json(schedule));
+                return Ok(Json(schedule.into()));
             }
             // The scheduler fired it meanwhile: read it again and reapply.
             Err(store::Error::Conflict(_)) if attempt < UPDATE_ATTEMPTS => {}
@@ -392,7 +269,9 @@ async fn update(
     }
 }
 
-/// Deletes a schedule; the runs it started stay.
+/// Delete a schedule.
+///
+/// Nothing fires from it again; the runs it started stay.
 #[utoipa::path(
     delete,
     path = "/v1/schedules/{id}",
@@ -410,7 +289,9 @@ async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> Result
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Pauses a schedule: nothing fires until it is resumed.
+/// Pause a schedule.
+///
+/// Nothing fires until the schedule is resumed; a trigger still starts a run.
 #[utoipa::path(
     post,
     path = "/v1/schedules/{id}/pause",
@@ -427,9 +308,11 @@ async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Result<
         .store
         .set_schedule_paused(schedule.id, true, None, Utc::now())
         .await?;
-    Ok(Json(paused))
+    Ok(Json(paused.into()))
 }
 
+/// Resume a schedule.
+///
 /// Resumes from now: the next due time is the first after now, so the due times that passed
 /// while paused are not started.
 #[utoipa::path(
@@ -453,18 +336,13 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result
         .set_schedule_paused(schedule.id, false, next, now)
         .await?;
     state.wakeups.schedules.notify_one();
-    Ok(Json(resumed))
+    Ok(Json(resumed.into()))
 }
 
-/// `POST /v1/schedules/{id}/trigger` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "status": "pending"}))]
-pub(crate) struct Triggered {
-    id: RunId,
-    status: RunStatus,
-}
-
-/// Starts a run now, even while paused and whatever the overlap policy.
+/// Start a schedule's run now.
+///
+/// Starts one run at once, even while the schedule is paused and whatever its overlap policy;
+/// its due times are unchanged.
 #[utoipa::path(
     post,
     path = "/v1/schedules/{id}/trigger",
@@ -494,44 +372,36 @@ async fn trigger(
     ))
 }
 
-/// `GET /v1/schedules/{id}/runs` query.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct RunsQuery {
-    /// Only runs in this status.
-    status: Option<RunStatus>,
-    /// At most this many (1 to 1000, default 50).
-    #[param(minimum = 1, maximum = 1000, default = 50)]
-    limit: Option<u32>,
-    /// The `next_cursor` of the previous page.
-    cursor: Option<Uuid>,
-}
-
-/// The runs the schedule started, newest first.
+/// List the runs a schedule started.
+///
+/// Newest first, one page at a time; each run carries `schedule_id` and `scheduled_at`, the due
+/// time it is for.
 #[utoipa::path(
     get,
     path = "/v1/schedules/{id}/runs",
     tag = "schedules",
     operation_id = "list_schedule_runs",
-    params(("id" = String, Path, description = "The schedule's id or unique name."), RunsQuery),
+    params(("id" = String, Path, description = "The schedule's id or unique name."), ScheduleRunsQuery),
     responses((status = 200, description = "A page of the schedule's runs.", body = RunPage)),
 )]
 async fn runs(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<RunsQuery>,
+    Query(q): Query<ScheduleRunsQuery>,
 ) -> Result<Json<RunPage>> {
     let limit = check_limit(q.limit)?;
     let schedule = state.store.get_schedule(&key(&id)).await?;
-    let filter = RunFilter {
+    let filter = store::RunFilter {
         status: q.status,
         schedule_id: Some(schedule.id),
-        before: q.cursor.map(RunId),
+        before: q.cursor,
         limit: limit + 1,
-        ..RunFilter::default()
+        ..store::RunFilter::default()
     };
     let mut runs = state.store.list_runs(&filter).await?;
     let next_cursor = super::next_page(&mut runs, limit, |r| r.id);
-    Ok(Json(RunPage { runs, next_cursor }))
+    Ok(Json(RunPage {
+        runs: runs.into_iter().map(Run::from).collect(),
+        next_cursor,
+    }))
 }

@@ -6,21 +6,22 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use kagzi_proto::{
+    HeartbeatAnswer, HeartbeatBody, MAX_LONG_POLL_MS, MAX_POLL_BATCH, MAX_WORKFLOWS, PollAnswer,
+    PollBody, RegisterBody, Registered, Worker, WorkerFilter, WorkerPage,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::error::{ApiError, Result};
-use super::extract::{Json, Path, whole};
-use crate::model::{Lease, RunId, Task, WorkerId};
+use super::extract::{Json, Path, Query};
+use crate::model::WorkerId;
 use crate::state::AppState;
 use crate::store::NewWorker;
 
 /// The longest a poll waits for work.
-const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
-/// The most runs one poll claims.
-const MAX_POLL_BATCH: u32 = 1000;
+const MAX_POLL_WAIT: Duration = Duration::from_millis(MAX_LONG_POLL_MS);
 /// When claimable-looking runs are held by a concurrent claim, wait this long before looking
 /// again rather than spinning.
 const CONTENDED_RETRY: Duration = Duration::from_millis(10);
@@ -28,57 +29,16 @@ const CONTENDED_RETRY: Duration = Duration::from_millis(10);
 /// The routes of this resource.
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(register))
+        .routes(routes!(register, list))
         .routes(routes!(deregister))
         .routes(routes!(heartbeat))
         .routes(routes!(poll))
 }
 
-/// `POST /v1/workers` body: what the worker polls and can run.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"queue": "default", "workflows": ["greet"], "capacity": 10, "hostname": "box-1"}))]
-pub(crate) struct RegisterBody {
-    /// The queue the worker polls.
-    #[schema(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
-        example = "default"
-    )]
-    queue: String,
-    /// The workflows the worker can run; polls only claim runs of these.
-    #[schema(min_items = 1, max_items = 1000, inline)]
-    workflows: Vec<WorkflowName>,
-    /// How many runs the worker executes at once.
-    #[serde(deserialize_with = "whole::u31")]
-    #[schema(minimum = 1, maximum = 2147483647, example = 10)]
-    capacity: u32,
-    /// The host the worker runs on, for operators.
-    #[serde(default)]
-    #[schema(max_length = 255, pattern = r"^[^\u0000]*$", example = "box-1")]
-    hostname: Option<String>,
-}
-
-/// A workflow name.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(transparent)]
-#[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$", example = "greet")]
-pub(crate) struct WorkflowName(String);
-
-/// `POST /v1/workers` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0b", "heartbeat_interval_ms": 10000, "lease_ms": 30000}))]
-pub(crate) struct Registered {
-    /// The worker's id, for its polls and heartbeats.
-    id: WorkerId,
-    /// Heartbeat this often.
-    heartbeat_interval_ms: u64,
-    /// A claim's lease lasts this long without a heartbeat.
-    lease_ms: u64,
-}
-
-/// Registers a worker: the queue it polls, the workflows it runs and its capacity.
+/// Register a worker.
+///
+/// A worker names the queue it polls, the workflows it runs and how many runs it executes at
+/// once; the answer gives its id and how often to heartbeat.
 #[utoipa::path(
     post,
     path = "/v1/workers",
@@ -97,13 +57,21 @@ async fn register(
             "workflows must name at least one workflow".to_owned(),
         ));
     }
-    if body.workflows.len() > 1000 {
-        return Err(ApiError::InvalidBody(
-            "workflows must name at most 1000 workflows".to_owned(),
-        ));
+    if body.workflows.len() > MAX_WORKFLOWS {
+        return Err(ApiError::InvalidBody(format!(
+            "workflows must name at most {MAX_WORKFLOWS} workflows"
+        )));
     }
     for workflow in &body.workflows {
         super::runs::check_name("each workflow", &workflow.0)?;
+    }
+    if body.pinned_workflows.len() > MAX_WORKFLOWS {
+        return Err(ApiError::InvalidBody(format!(
+            "pinned_workflows must name at most {MAX_WORKFLOWS} workflows"
+        )));
+    }
+    for workflow in &body.pinned_workflows {
+        super::runs::check_name("each pinned workflow", &workflow.0)?;
     }
     if let Some(hostname) = &body.hostname
         && (hostname.contains('\0') || hostname.chars().count() > super::runs::MAX_NAME_LEN)
@@ -113,16 +81,28 @@ async fn register(
             super::runs::MAX_NAME_LEN
         )));
     }
+    if let Some(build) = &body.build_id {
+        super::runs::check_name("build_id", build)?;
+    }
     if body.capacity == 0 {
         return Err(ApiError::InvalidBody(
             "capacity must be at least 1".to_owned(),
         ));
     }
+    // A pin needs a build to pin to and a workflow this worker runs; others do nothing.
+    let pinned_workflows = body
+        .pinned_workflows
+        .into_iter()
+        .filter(|p| body.build_id.is_some() && body.workflows.iter().any(|w| w.0 == p.0))
+        .map(|w| w.0)
+        .collect();
     let new = NewWorker {
         queue: body.queue,
         workflows: body.workflows.into_iter().map(|w| w.0).collect(),
         capacity: body.capacity,
         hostname: body.hostname,
+        build_id: body.build_id,
+        pinned_workflows,
     };
     let id = state.store.register_worker(&new, Utc::now()).await?;
     tracing::info!(worker_id = %id, queue = %new.queue, "worker registered");
@@ -136,25 +116,52 @@ async fn register(
     ))
 }
 
-/// `POST /v1/workers/{id}/heartbeat` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"runs": [{"run_id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e"}]}))]
-pub(crate) struct HeartbeatBody {
-    /// The runs the worker is executing, with their lease tokens: their leases are extended.
-    #[serde(default)]
-    runs: Vec<Lease>,
+/// List workers.
+///
+/// Registered workers, newest first, one page at a time: the queue each polls, its
+/// workflows and capacity, the runs it holds now, its last heartbeat and whether it is
+/// online. Pass the answer's `next_cursor` as `cursor` for the next (older) page.
+#[utoipa::path(
+    get,
+    path = "/v1/workers",
+    tag = "workers",
+    operation_id = "list_workers",
+    params(WorkerFilter),
+    responses((status = 200, description = "One page of workers.", body = WorkerPage)),
+)]
+async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<WorkerFilter>,
+) -> Result<Json<WorkerPage>> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 1000, not {limit}"
+        )));
+    }
+    if q.queue.as_ref().is_some_and(|v| v.contains('\0')) {
+        return Err(ApiError::BadRequest(
+            "queue must not contain U+0000 (the NUL character)".to_owned(),
+        ));
+    }
+    let filter = crate::store::WorkerFilter {
+        queue: q.queue,
+        status: q.status,
+        before: q.cursor,
+        limit: limit + 1,
+    };
+    let mut workers = state.store.list_workers(&filter).await?;
+    let next_cursor = super::next_page(&mut workers, limit, |w| w.worker.id);
+    Ok(Json(WorkerPage {
+        workers: workers.into_iter().map(Worker::from).collect(),
+        next_cursor,
+    }))
 }
 
-/// `POST /v1/workers/{id}/heartbeat` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"lost": []}))]
-pub(crate) struct HeartbeatAnswer {
-    /// Runs the worker named but no longer holds (cancelled, reclaimed, ended): stop them.
-    lost: Vec<RunId>,
-}
-
-/// Tells the server the worker is alive and extends the leases of the runs it holds.
+/// Heartbeat (worker).
+///
+/// Tells the server the worker is alive and extends the leases of the runs it names; the answer
+/// lists the runs it no longer holds (cancelled, reclaimed, ended), which it must stop.
 #[utoipa::path(
     post,
     path = "/v1/workers/{id}/heartbeat",
@@ -178,37 +185,11 @@ async fn heartbeat(
     Ok(Json(HeartbeatAnswer { lost }))
 }
 
-/// `POST /v1/workers/{id}/poll` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"max": 10, "timeout_ms": 30000}))]
-pub(crate) struct PollBody {
-    /// Claim at most this many runs (1 to 1000).
-    #[serde(deserialize_with = "whole::u31")]
-    #[schema(minimum = 1, maximum = 1000, example = 10)]
-    max: u32,
-    /// Wait at most this long for work, in milliseconds (default 30000, at most 60000).
-    #[serde(default = "default_poll_ms", deserialize_with = "whole::u63")]
-    #[schema(default = 30000, maximum = 60000, example = 30000)]
-    timeout_ms: u64,
-}
-
-fn default_poll_ms() -> u64 {
-    30_000
-}
-
-/// `POST /v1/workers/{id}/poll` answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"runs": [{"run_id": "0190b5a0-4c2f-7d1e-9a3b-5f6e7d8c9b0a", "workflow": "greet", "input": {"name": "World"}, "attempt": 1, "lease_token": "5b0e9d4c-1f2a-4b3c-8d7e-6f5a4b3c2d1e", "lease_expires_at": "2026-11-26T09:00:30Z", "journal": []}]}))]
-pub(crate) struct PollAnswer {
-    /// The runs claimed for the worker, each with its lease and journal; empty when no run
-    /// came due before the timeout.
-    runs: Vec<Task>,
-}
-
-/// Claims due runs for the worker; when none is due, waits until one may be (a new run, a
-/// delayed run coming due), up to the timeout. Each claimed run comes with a lease: report
-/// on it with the lease token, and keep it alive with heartbeats.
+/// Poll for runs (worker).
+///
+/// Claims up to `max` due runs for the worker. When none is due it waits, up to `timeout_ms`,
+/// until one may be (a new run, a delayed run coming due) and answers the moment it arrives.
+/// Each claimed run comes with a lease token for its reports and its journal.
 #[utoipa::path(
     post,
     path = "/v1/workers/{id}/poll",
@@ -275,7 +256,10 @@ async fn poll(
     }
 }
 
-/// Deregisters a worker; the runs it still held go back to their queue at once.
+/// Deregister a worker.
+///
+/// The worker is gone: the runs it still held go back to their queue at once, for another
+/// worker.
 #[utoipa::path(
     delete,
     path = "/v1/workers/{id}",

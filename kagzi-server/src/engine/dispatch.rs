@@ -252,6 +252,8 @@ mod tests {
             workflows: workflows.iter().map(|w| (*w).to_owned()).collect(),
             capacity: 10,
             hostname: None,
+            build_id: None,
+            pinned_workflows: Vec::new(),
         })
     }
 

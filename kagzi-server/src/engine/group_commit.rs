@@ -23,8 +23,8 @@ const MAX_BATCH: usize = 128;
 /// The most payload bytes in one batch (a single larger report still goes alone).
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How many batches of one kind are written at once. One: while a batch is written the next
-/// one gathers, and fewer, larger commits win (W1 on PostgreSQL, 2 cores: 1 → ~1,860 wf/s,
-/// 2 → ~1,430, 4 → ~1,290, 8 → ~1,040), while a lone report is still written at once.
+/// one gathers, and fewer, larger commits beat more, smaller ones written side by side (see
+/// docs/performance.md), while a lone report is still written at once.
 const IN_FLIGHT: usize = 1;
 /// How many reports may queue for a batch before senders wait.
 const QUEUE: usize = 4096;
@@ -193,8 +193,11 @@ async fn start_runs(
                 return None;
             }
             let reservation = dispatcher.reserve(&run.queue, &run.workflow)?;
+            let worker = reservation.worker();
             run.claim = Some(Claim {
-                worker: reservation.worker().id,
+                worker: worker.id,
+                build_id: worker.build_id.clone(),
+                pinned: worker.pins(&run.workflow),
                 lease_token: Uuid::new_v4(),
                 lease_expires_at,
             });
@@ -205,7 +208,8 @@ async fn start_runs(
     for ((run, reservation), result) in runs.into_iter().zip(reservations).zip(&results) {
         // A start not written as new (its idempotency key named an earlier run) or not
         // written at all gives its slot back as the reservation drops.
-        if let (Some(reservation), Some(claim), Ok(created)) = (reservation, run.claim, result)
+        if let (Some(reservation), Some(claim), Ok(created)) =
+            (reservation, run.claim.as_ref(), result)
             && created.claimed
         {
             reservation.deliver(Task {

@@ -5,6 +5,7 @@
 pub mod dispatch;
 pub mod group_commit;
 pub mod known_workers;
+pub mod reaper;
 pub mod scheduler;
 pub mod wakeup;
 pub mod watchdog;

@@ -1,11 +1,25 @@
 //! Storage: the [`Store`] trait and its two implementations, PostgreSQL ([`PgStore`], for
 //! production and many server replicas) and SQLite ([`SqliteStore`], the embedded single-node
 //! default). Every SQL statement Kagzi runs lives below this module.
+//!
+//! Each dialect is a folder of the same files, one per resource (`runs`, `steps`, `workers`,
+//! `signals`, `schedules`, `batch`), holding the same functions around its own SQL; the
+//! `Store` impl of both is one table (`by_resource`). What does not depend on the dialect is
+//! decided once, in pure functions: `decide` and `retry`.
 
+#[macro_use]
+mod by_resource;
+#[macro_use]
+mod columns;
+mod decide;
+mod filter;
 mod postgres;
+mod retry;
 mod sqlite;
 
+pub use decide::{after, far_future};
 pub use postgres::{PgStore, QUEUE_CHANNEL, RUN_DONE_CHANNEL};
+pub use retry::{retry_after, retry_delay};
 pub use sqlite::SqliteStore;
 
 use std::fmt;
@@ -23,6 +37,7 @@ use crate::model::{
     Lease, RetryPolicy, Run, RunId, RunStatus, Step, StepStatus, Task, Worker, WorkerId,
 };
 use crate::schedule::{CatchUp, Overlap, Schedule, ScheduleId};
+pub use kagzi_proto::{BulkOutcome, PatchUsage, QueueStats, RunCounts, Signal, WorkerStatus};
 
 /// Where runs, steps and workers are kept. Every method that depends on the time takes `now`,
 /// so tests control the clock. Every change that makes work due or ends a run wakes the
@@ -376,6 +391,119 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// On a database failure.
     async fn fire_schedule(&self, fire: &ScheduleFire, now: DateTime<Utc>) -> Result<FireOutcome>;
+
+    /// How many runs matching `filter` (its status, cursor and limit aside) are in each
+    /// status, each count stopping at `cap`: the cost is bounded by `cap` per status, not by
+    /// the size of the table.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn count_runs(&self, filter: &RunFilter, cap: u64) -> Result<RunCounts>;
+
+    /// The signals sent to run `run`, received or not, in the order they were sent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run.
+    async fn list_signals(&self, run: RunId) -> Result<Vec<Signal>>;
+
+    /// Registered workers matching `filter`, newest first, each with the runs it holds.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<WorkerInfo>>;
+
+    /// Sends ended run `id` (failed or cancelled) back to `pending` as the same run: its
+    /// journal is kept, so finished steps are replayed, not run again; its attempts count on,
+    /// but its retry policy counts again from this retry; its deadline is cleared.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run; [`Error::Conflict`] for a run that has not
+    /// ended or that completed.
+    async fn retry_run(&self, id: RunId, now: DateTime<Utc>) -> Result<Run>;
+
+    /// Starts a new run of run `id`'s workflow whose journal begins as a copy of the original's
+    /// completed steps before `fork.from_step` (none when it names no step), linked to it by
+    /// `forked_from`. The original is not changed.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run, or a `from_step` its journal does not hold.
+    async fn fork_run(&self, id: RunId, fork: &Fork, now: DateTime<Utc>) -> Result<Run>;
+
+    /// Deletes ended run `id` with its steps and signals.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run; [`Error::Conflict`] for a run that has not
+    /// ended, or that has a child that has not ended.
+    async fn delete_run(&self, id: RunId) -> Result<()>;
+
+    /// Deletes up to `limit` runs that ended in `status` before `cutoff` (their steps and
+    /// signals with them), oldest first, skipping any with a child that has not ended and any
+    /// another replica is deleting; answers how many it deleted.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn reap_runs(&self, status: RunStatus, cutoff: DateTime<Utc>, limit: u32) -> Result<u64>;
+
+    /// Whether runs of `workflow` that have not ended may still take the old branch of
+    /// `ctx.patched(patch)`.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn patch_usage(&self, workflow: &str, patch: &str) -> Result<PatchUsage>;
+
+    /// Cancels, as [`cancel_run`](Self::cancel_run) does one by one, up to `filter.limit`
+    /// runs that match `filter` and have not ended, newest first; answers the runs it
+    /// cancelled and whether more may match.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn cancel_runs(&self, filter: &RunFilter, now: DateTime<Utc>) -> Result<BulkOutcome> {
+        let candidates = bulk_candidates(self, filter, &ACTIVE).await?;
+        let mut changed = Vec::new();
+        for id in candidates.ids {
+            match self.cancel_run(id, now).await {
+                Ok(_) => changed.push(id),
+                // Ended (or cancelled with its parent) meanwhile: nothing to do.
+                Err(Error::Conflict(_) | Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(BulkOutcome {
+            changed,
+            more: candidates.more,
+        })
+    }
+
+    /// Retries, as [`retry_run`](Self::retry_run) does one by one, up to `filter.limit`
+    /// failed or cancelled runs that match `filter`, newest first; answers the runs it sent
+    /// back to `pending` and whether more may match.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn retry_runs(&self, filter: &RunFilter, now: DateTime<Utc>) -> Result<BulkOutcome> {
+        let candidates =
+            bulk_candidates(self, filter, &[RunStatus::Failed, RunStatus::Cancelled]).await?;
+        let mut changed = Vec::new();
+        for id in candidates.ids {
+            match self.retry_run(id, now).await {
+                Ok(_) => changed.push(id),
+                Err(Error::Conflict(_) | Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(BulkOutcome {
+            changed,
+            more: candidates.more,
+        })
+    }
+
+    /// The runs that have not ended, by queue and workflow and state, with the online workers
+    /// that could take them, as of `now`. The cost grows with the runs in flight, not with
+    /// the runs that ended.
+    ///
+    /// # Errors
+    /// On a database failure.
+    async fn queue_stats(&self, now: DateTime<Utc>) -> Result<Vec<QueueStats>>;
 }
 
 /// The default database: an SQLite file in the working directory.
@@ -414,16 +542,6 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-/// How long from `now` the retry of attempt `attempt` waits: `base * 2^(attempt-1)`, at most
-/// `max`, times a jitter factor in `[0.8, 1.2)`.
-pub fn retry_delay(backoff: Backoff, attempt: i32, jitter: f64) -> Duration {
-    let exponent = attempt.saturating_sub(1).clamp(0, 62);
-    let raw = backoff.base.as_secs_f64() * 2f64.powi(exponent);
-    Duration::from_secs_f64(
-        raw.min(backoff.max.as_secs_f64()) * (0.8 + jitter.clamp(0.0, 1.0) * 0.4),
-    )
 }
 
 /// What can go wrong in the store.
@@ -507,56 +625,6 @@ impl Suspend {
     }
 }
 
-/// `now + delay`, or [`far_future`] when that is past the end of time.
-pub fn after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(delay)
-        .ok()
-        .and_then(|delay| now.checked_add_signed(delay))
-        .map_or_else(far_future, |at| at.min(far_future()))
-}
-
-/// The `available_at` of a run that only an event wakes: later than any real time.
-pub fn far_future() -> DateTime<Utc> {
-    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// Decides whether a failed attempt is retried, and after how long. `retryable` is the
-/// worker's verdict; a `policy` (when the run has one) overrides `retries` and `backoff`.
-pub fn retry_after(
-    attempts: i32,
-    retries: i32,
-    policy: Option<&RetryPolicy>,
-    error: &str,
-    retryable: bool,
-    backoff: Backoff,
-) -> Option<Duration> {
-    if !retryable {
-        return None;
-    }
-    let jitter = rand::random::<f64>();
-    match policy {
-        None => (attempts <= retries).then(|| retry_delay(backoff, attempts, jitter)),
-        Some(policy) => {
-            let allowed = i64::from(policy.max_attempts.max(1));
-            if i64::from(attempts) >= allowed
-                || policy
-                    .non_retryable_errors
-                    .iter()
-                    .any(|e| !e.is_empty() && error.contains(e.as_str()))
-            {
-                return None;
-            }
-            let exponent = attempts.saturating_sub(1).clamp(0, 1000);
-            let raw = policy.initial_interval_ms as f64
-                * policy.backoff_coefficient.max(1.0).powi(exponent);
-            let capped = raw.min(policy.max_interval_ms as f64).max(0.0);
-            Some(Duration::from_secs_f64(
-                capped / 1000.0 * (0.8 + jitter * 0.4),
-            ))
-        }
-    }
-}
-
 /// A run to create.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -588,10 +656,14 @@ pub struct NewRun {
 
 /// A claim written with a run's start: the run starts `running` on its first attempt, held
 /// by `worker` under `lease_token` until `lease_expires_at`, and no poll is woken for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     /// The worker that holds the run.
     pub worker: WorkerId,
+    /// The worker's build id, recorded on the run.
+    pub build_id: Option<String>,
+    /// Whether the run is pinned to that build (the worker pins its workflow).
+    pub pinned: bool,
     /// The lease's fencing token.
     pub lease_token: Uuid,
     /// When the lease runs out unless a heartbeat extends it.
@@ -609,6 +681,10 @@ pub struct NewWorker {
     pub capacity: u32,
     /// The host it runs on.
     pub hostname: Option<String>,
+    /// The version of its code.
+    pub build_id: Option<String>,
+    /// The workflows whose runs it pins to its build.
+    pub pinned_workflows: Vec<String>,
 }
 
 /// A step outcome reported by a worker.
@@ -683,10 +759,115 @@ pub struct RunFilter {
     pub parent_id: Option<RunId>,
     /// Only runs started by this schedule.
     pub schedule_id: Option<ScheduleId>,
+    /// Only runs started with this idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Only runs created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only runs created before this time.
+    pub created_before: Option<DateTime<Utc>>,
     /// Only runs older than this one (the cursor).
     pub before: Option<RunId>,
     /// At most this many runs.
     pub limit: u32,
+}
+
+/// What a fork of a run changes; see [`Store::fork_run`].
+#[derive(Debug, Clone, Default)]
+pub struct Fork {
+    /// The step to run again (copy the steps before it); `None`: from the start.
+    pub from_step: Option<String>,
+    /// The new run's input; `None`: the original's.
+    pub input: Option<Value>,
+    /// The new run's queue; `None`: the original's.
+    pub queue: Option<String>,
+}
+
+/// The statuses of runs that have not ended.
+pub const ACTIVE: [RunStatus; 4] = [
+    RunStatus::Pending,
+    RunStatus::Running,
+    RunStatus::Sleeping,
+    RunStatus::Waiting,
+];
+
+/// The runs a bulk action may change, newest first, and whether more may match.
+struct Candidates {
+    ids: Vec<RunId>,
+    more: bool,
+}
+
+/// Up to `filter.limit` runs matching `filter` in one of `statuses` (or in the filter's own
+/// status, when it is one of them), newest first: one listing per status, each served by
+/// the status index.
+async fn bulk_candidates<S: Store + ?Sized>(
+    store: &S,
+    filter: &RunFilter,
+    statuses: &[RunStatus],
+) -> Result<Candidates> {
+    let wanted: Vec<RunStatus> = match filter.status {
+        Some(status) => statuses.iter().copied().filter(|s| *s == status).collect(),
+        None => statuses.to_vec(),
+    };
+    let limit = usize::try_from(filter.limit).unwrap_or(usize::MAX);
+    let mut found = Vec::new();
+    for status in wanted {
+        let listing = RunFilter {
+            status: Some(status),
+            limit: filter.limit.saturating_add(1),
+            ..filter.clone()
+        };
+        found.extend(store.list_runs(&listing).await?.into_iter().map(|r| r.id));
+    }
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    let more = found.len() > limit;
+    found.truncate(limit);
+    Ok(Candidates { ids: found, more })
+}
+
+/// Which workers [`Store::list_workers`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerFilter {
+    /// Only workers of this queue.
+    pub queue: Option<String>,
+    /// Only workers in this status.
+    pub status: Option<WorkerStatus>,
+    /// Only workers registered before this one (the cursor).
+    pub before: Option<WorkerId>,
+    /// At most this many workers.
+    pub limit: u32,
+}
+
+/// A registered worker as operators see it, with the runs it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// What it registered as.
+    pub worker: Worker,
+    /// Whether it is heartbeating.
+    pub status: WorkerStatus,
+    /// When it registered.
+    pub registered_at: DateTime<Utc>,
+    /// When it last heartbeat.
+    pub last_heartbeat_at: DateTime<Utc>,
+    /// How many runs it holds now.
+    pub runs_held: u32,
+}
+
+impl From<WorkerInfo> for kagzi_proto::Worker {
+    fn from(info: WorkerInfo) -> Self {
+        kagzi_proto::Worker {
+            id: info.worker.id,
+            queue: info.worker.queue,
+            workflows: info.worker.workflows,
+            capacity: crate::model::count(info.worker.capacity),
+            hostname: info.worker.hostname,
+            build_id: info.worker.build_id,
+            pinned_workflows: info.worker.pinned_workflows,
+            status: info.status,
+            registered_at: info.registered_at,
+            last_heartbeat_at: info.last_heartbeat_at,
+            runs_held: info.runs_held,
+        }
+    }
 }
 
 /// How a failed run is retried: exponential backoff with jitter.
@@ -696,72 +877,6 @@ pub struct Backoff {
     pub base: Duration,
     /// The longest delay.
     pub max: Duration,
-}
-
-/// A worker's workflows, each once, in the order it registered them: the statements that
-/// look for a worker's runs take them one by one.
-fn distinct_workflows(worker: &Worker) -> Vec<&str> {
-    let mut seen = std::collections::HashSet::new();
-    worker
-        .workflows
-        .iter()
-        .map(String::as_str)
-        .filter(|w| seen.insert(*w))
-        .collect()
-}
-
-/// The answer to a start whose idempotency key `key` already belongs to run `existing` with
-/// `(workflow, input)`: that run, when the start asks for the same thing.
-fn same_start(
-    key: &str,
-    existing: RunId,
-    (workflow, input): (&str, &Value),
-    new: &NewRun,
-) -> Result<Created> {
-    if workflow == new.workflow && *input == new.input {
-        Ok(Created {
-            id: existing,
-            existing: true,
-            claimed: false,
-        })
-    } else {
-        Err(Error::Conflict(format!(
-            "idempotency key {key:?} already started run {existing} with a different workflow or input"
-        )))
-    }
-}
-
-/// Builds the claimed tasks, in claim order, each with its journal (`journal` is ordered by
-/// run, then position).
-fn tasks(
-    claimed: Vec<(RunId, String, sqlx::types::Json<Value>, i32, Uuid)>,
-    journal: Vec<(RunId, String, i32, sqlx::types::Json<Value>)>,
-    lease_expires_at: DateTime<Utc>,
-) -> Vec<Task> {
-    let mut by_run: std::collections::HashMap<RunId, Vec<crate::model::JournalEntry>> =
-        std::collections::HashMap::with_capacity(claimed.len());
-    for (run_id, key, position, output) in journal {
-        by_run
-            .entry(run_id)
-            .or_default()
-            .push(crate::model::JournalEntry {
-                key,
-                position,
-                output: output.0,
-            });
-    }
-    claimed
-        .into_iter()
-        .map(|(run_id, workflow, input, attempt, lease_token)| Task {
-            run_id,
-            workflow,
-            input: input.0,
-            attempt,
-            lease_token,
-            lease_expires_at,
-            journal: by_run.remove(&run_id).unwrap_or_default(),
-        })
-        .collect()
 }
 
 /// A schedule's settings: what it starts, when, and its policies.

@@ -51,13 +51,18 @@ impl TestDb {
 
     /// A server in this process on a free port, over this database.
     pub async fn start_server(&self) -> Server {
+        self.start_server_with(fast_config()).await
+    }
+
+    /// A server in this process on a free port, over this database, with `config`.
+    pub async fn start_server_with(&self, config: Config) -> Server {
         let store: Arc<dyn Store> = match self {
             Self::Postgres(pool) => Arc::new(PgStore::new(pool.clone())),
             Self::Sqlite(_) => {
                 Arc::new(SqliteStore::open(&self.url()).await.expect("SQLite opens"))
             }
         };
-        Server::start_with_store(fast_config(), store)
+        Server::start_with_store(config, store)
             .await
             .expect("server starts")
     }
