@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use kagzi_proto::{
-    CreateSchedule, ForkRun, Health, PatchUsage, Problem, QueueList, ResultQuery, Run, RunCounts, RunFilter, RunId,
-    RunPage, Schedule, ScheduleFilter, SchedulePage, ScheduleRunsQuery, SignalList, SignalSent,
-    StartRun, Started, StepList, Triggered, UpdateSchedule, WorkerFilter, WorkerPage,
+    CreateSchedule, ForkRun, Health, PatchUsage, Problem, QueueList, ResultQuery, Run, RunCounts,
+    RunFilter, RunId, RunPage, Schedule, ScheduleFilter, SchedulePage, ScheduleRunsQuery,
+    SignalList, SignalSent, StartRun, Started, StepList, Triggered, UpdateSchedule, WorkerFilter,
+    WorkerPage,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};

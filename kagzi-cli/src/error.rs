@@ -107,10 +107,11 @@ impl Error {
             Error::Unreachable { .. } => exit::UNREACHABLE,
             Error::RunEnded { .. } => exit::RUN_FAILED,
             Error::TimedOut { .. } => exit::TIMED_OUT,
-            Error::Answer { .. } | Error::Io { .. } | Error::Serve(_) | Error::Declined(_)
-            | Error::CheckFailed(_) => {
-                exit::ERROR
-            }
+            Error::Answer { .. }
+            | Error::Io { .. }
+            | Error::Serve(_)
+            | Error::Declined(_)
+            | Error::CheckFailed(_) => exit::ERROR,
         }
     }
 

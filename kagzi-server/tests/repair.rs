@@ -31,12 +31,7 @@ impl Effects {
     }
 
     fn count(&self, key: &str) -> usize {
-        self.0
-            .lock()
-            .expect("lock")
-            .get(key)
-            .copied()
-            .unwrap_or(0)
+        self.0.lock().expect("lock").get(key).copied().unwrap_or(0)
     }
 }
 
@@ -127,9 +122,11 @@ async fn a_patched_deploy_finishes_old_and_new_runs_each_their_own_way(db: TestD
     order_v1(&mut v1, &effects);
     let (stop_v1, handle_v1) = support::spawn_worker(v1);
     let old = client.workflow("order", "orders", ()).await.expect("start");
-    eventually("the old run waits for go", Duration::from_secs(10), || async {
-        run_status(&client, old).await == RunStatus::Waiting
-    })
+    eventually(
+        "the old run waits for go",
+        Duration::from_secs(10),
+        || async { run_status(&client, old).await == RunStatus::Waiting },
+    )
     .await;
     stop_v1.cancel();
     handle_v1.await.expect("join").expect("v1 stops");
@@ -149,9 +146,11 @@ async fn a_patched_deploy_finishes_old_and_new_runs_each_their_own_way(db: TestD
     order_v2(&mut v2, &effects);
     let (stop_v2, _handle_v2) = support::spawn_worker(v2);
     let new = client.workflow("order", "orders", ()).await.expect("start");
-    eventually("the new run waits for go", Duration::from_secs(10), || async {
-        run_status(&client, new).await == RunStatus::Waiting
-    })
+    eventually(
+        "the new run waits for go",
+        Duration::from_secs(10),
+        || async { run_status(&client, new).await == RunStatus::Waiting },
+    )
     .await;
 
     // Both are signalled and finish: the old run replays its recorded total, the new one taxes.
@@ -223,7 +222,10 @@ async fn a_failed_run_is_retried_after_the_fix_as_the_same_run(db: TestDb) {
     let (stop, _handle) = support::spawn_worker(worker);
 
     let id = client.workflow("pay", "repair", ()).await.expect("start");
-    let failed = client.wait(id, Duration::from_secs(10)).await.expect("wait");
+    let failed = client
+        .wait(id, Duration::from_secs(10))
+        .await
+        .expect("wait");
     assert_eq!(failed.status, RunStatus::Failed);
     assert_eq!(failed.attempts, 1);
 
@@ -304,7 +306,10 @@ async fn a_fork_from_step_3_of_5_reruns_only_steps_3_to_5(db: TestDb) {
     assert_ne!(fork.id, original);
     assert_eq!(fork.forked_from, Some(original));
     let forked: u64 = client.result(fork.id).await.expect("the fork completes");
-    assert_eq!(forked, 15, "steps 1-2 replayed their results; 3-5 built on them");
+    assert_eq!(
+        forked, 15,
+        "steps 1-2 replayed their results; 3-5 built on them"
+    );
     for (key, runs) in [("s1", 1), ("s2", 1), ("s3", 2), ("s4", 2), ("s5", 2)] {
         assert_eq!(effects.count(key), runs, "{key}");
     }
@@ -327,7 +332,10 @@ async fn a_fork_from_step_3_of_5_reruns_only_steps_3_to_5(db: TestDb) {
         )
         .await
         .expect_err("no such step");
-    assert!(matches!(err, kagzi::Error::Api { status: 404, .. }), "{err:?}");
+    assert!(
+        matches!(err, kagzi::Error::Api { status: 404, .. }),
+        "{err:?}"
+    );
     let page = client
         .list_runs(RunFilter {
             workflow: Some("five".into()),
@@ -343,7 +351,9 @@ async fn a_fork_from_step_3_of_5_reruns_only_steps_3_to_5(db: TestDb) {
 /// build ran it.
 fn register_job(worker: &mut Worker, build: &'static str) {
     worker.register("job", move |ctx: WorkflowContext, (): ()| async move {
-        let first: String = ctx.run("first", async move { Ok(build.to_owned()) }).await?;
+        let first: String = ctx
+            .run("first", async move { Ok(build.to_owned()) })
+            .await?;
         ctx.sleep("nap", Duration::from_millis(200)).await?;
         let second: String = ctx
             .run("second", async move { Ok(build.to_owned()) })
@@ -456,7 +466,10 @@ async fn bulk_cancel_and_retry_are_bounded_counted_and_idempotent(db: TestDb) {
         .cancel_where(&RunFilter::default())
         .await
         .expect_err("no filter");
-    assert!(matches!(err, kagzi::Error::Api { status: 422, .. }), "{err:?}");
+    assert!(
+        matches!(err, kagzi::Error::Api { status: 422, .. }),
+        "{err:?}"
+    );
 }
 
 async fn the_reaper_deletes_ended_runs_past_retention_and_keeps_the_rest(db: TestDb) {
@@ -468,10 +481,7 @@ async fn the_reaper_deletes_ended_runs_past_retention_and_keeps_the_rest(db: Tes
     let url = support::url(&server);
     let client = Client::connect(&url).await.expect("client");
 
-    let mut worker = Worker::builder(&url, "reap")
-        .build()
-        .await
-        .expect("worker");
+    let mut worker = Worker::builder(&url, "reap").build().await.expect("worker");
     worker.register("quick", |ctx: WorkflowContext, ok: bool| async move {
         ctx.run("only", async { Ok(()) }).await?;
         anyhow::ensure!(ok, "asked to fail");
@@ -485,21 +495,38 @@ async fn the_reaper_deletes_ended_runs_past_retention_and_keeps_the_rest(db: Tes
     let (stop, _handle) = support::spawn_worker(worker);
 
     let done = client.workflow("quick", "reap", true).await.expect("start");
-    let failed = client.workflow("quick", "reap", false).await.expect("start");
+    let failed = client
+        .workflow("quick", "reap", false)
+        .await
+        .expect("start");
     let parent = client.workflow("parent", "reap", ()).await.expect("start");
     let child: RunId = client.result(parent).await.expect("the parent completes");
-    client.wait(done, Duration::from_secs(10)).await.expect("ends");
-    client.wait(failed, Duration::from_secs(10)).await.expect("ends");
+    client
+        .wait(done, Duration::from_secs(10))
+        .await
+        .expect("ends");
+    client
+        .wait(failed, Duration::from_secs(10))
+        .await
+        .expect("ends");
 
-    eventually("the completed run is deleted", Duration::from_secs(10), || async {
-        matches!(
-            client.run(done).await,
-            Err(kagzi::Error::Api { status: 404, .. })
-        )
-    })
+    eventually(
+        "the completed run is deleted",
+        Duration::from_secs(10),
+        || async {
+            matches!(
+                client.run(done).await,
+                Err(kagzi::Error::Api { status: 404, .. })
+            )
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(run_status(&client, failed).await, RunStatus::Failed, "never");
+    assert_eq!(
+        run_status(&client, failed).await,
+        RunStatus::Failed,
+        "never"
+    );
     assert_eq!(
         run_status(&client, parent).await,
         RunStatus::Completed,
@@ -510,11 +537,23 @@ async fn the_reaper_deletes_ended_runs_past_retention_and_keeps_the_rest(db: Tes
     // One ended run goes at once; a run that has not ended is refused.
     client.delete(failed).await.expect("delete");
     let err = client.run(failed).await.expect_err("gone");
-    assert!(matches!(err, kagzi::Error::Api { status: 404, .. }), "{err:?}");
+    assert!(
+        matches!(err, kagzi::Error::Api { status: 404, .. }),
+        "{err:?}"
+    );
     let err = client.delete(child).await.expect_err("not ended");
-    assert!(matches!(err, kagzi::Error::Api { status: 409, .. }), "{err:?}");
-    let err = client.delete(parent).await.expect_err("its child has not ended");
-    assert!(matches!(err, kagzi::Error::Api { status: 409, .. }), "{err:?}");
+    assert!(
+        matches!(err, kagzi::Error::Api { status: 409, .. }),
+        "{err:?}"
+    );
+    let err = client
+        .delete(parent)
+        .await
+        .expect_err("its child has not ended");
+    assert!(
+        matches!(err, kagzi::Error::Api { status: 409, .. }),
+        "{err:?}"
+    );
     stop.cancel();
 }
 

@@ -6,8 +6,8 @@ use kagzi_proto::{ForkRun, Run, RunFilter, RunPage, ScheduleId, Step};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::page::{self, Pages};
 use super::bulk::{self, Action};
+use super::page::{self, Pages};
 use super::wait;
 use crate::args::run::{
     DeleteArgs, FilterArgs, ForkArgs, ListArgs, RunCommand, RunIdArg, SignalArgs, StartArgs,
@@ -150,10 +150,10 @@ async fn fork(args: &ForkArgs, client: &Client, out: &Output) -> Result<()> {
     };
     let run = client.fork(args.id, &fork).await?;
     out.one(&run, || {
-        let from = args
-            .from_step
-            .as_deref()
-            .map_or_else(|| "from the start".to_owned(), |key| format!("from step {key}"));
+        let from = args.from_step.as_deref().map_or_else(
+            || "from the start".to_owned(),
+            |key| format!("from step {key}"),
+        );
         format!("Forked run {} {from} as run {}", args.id, run.id)
     })
 }

@@ -89,9 +89,13 @@ pub(crate) fn run_detail(out: &Output, run: &Run, steps: &[Step], now: DateTime<
         ("Forked from", run.forked_from.map(|id| id.to_string())),
         (
             "Build",
-            run.build_id
-                .clone()
-                .map(|b| if run.pinned { format!("{b} (pinned)") } else { b }),
+            run.build_id.clone().map(|b| {
+                if run.pinned {
+                    format!("{b} (pinned)")
+                } else {
+                    b
+                }
+            }),
         ),
     ];
     for (label, value) in links {

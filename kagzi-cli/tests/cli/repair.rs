@@ -22,7 +22,11 @@ async fn failed_run(cli: &crate::support::Kagzi) -> String {
         .json();
     let id = started.id.to_string();
     let outcome = cli.run(&["run", "result", &id]).await.code(6);
-    assert!(outcome.stderr.contains("card declined"), "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("card declined"),
+        "{}",
+        outcome.stderr
+    );
     id
 }
 
@@ -47,7 +51,11 @@ async fn a_failed_run_is_retried_forked_and_deleted(db: TestDb) {
         .json();
     assert_eq!(output, json!({"charged": "charged order 7"}));
     let again = cli.run(&["run", "retry", &id]).await.code(4);
-    assert!(again.stderr.contains("409"), "a completed run: {}", again.stderr);
+    assert!(
+        again.stderr.contains("409"),
+        "a completed run: {}",
+        again.stderr
+    );
 
     // Fork from `charge`: a new run whose journal starts with a copy of `reserve`.
     let fork: Run = cli
@@ -66,7 +74,10 @@ async fn a_failed_run_is_retried_forked_and_deleted(db: TestDb) {
         .json();
     let steps: Vec<Step> = serde_json::from_value(shown["steps"].clone()).expect("steps");
     assert_eq!(steps[0].key, "reserve", "the copied step");
-    let table = cli.run(&["run", "show", &fork_id, "-o", "table"]).await.ok();
+    let table = cli
+        .run(&["run", "show", &fork_id, "-o", "table"])
+        .await
+        .ok();
     assert!(
         table.stdout.contains("Forked from") && table.stdout.contains(&id),
         "{}",
@@ -99,7 +110,15 @@ async fn retry_by_filter_shows_asks_and_retries(db: TestDb) {
     cli.run(&["run", "result", &ok.id.to_string()]).await.ok();
 
     let dry: Value = cli
-        .run(&["run", "retry", "--workflow", "flaky", "--dry-run", "-o", "json"])
+        .run(&[
+            "run",
+            "retry",
+            "--workflow",
+            "flaky",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
         .await
         .ok()
         .json();
@@ -107,7 +126,9 @@ async fn retry_by_filter_shows_asks_and_retries(db: TestDb) {
     assert_eq!(matched.len(), 2, "only the failed runs match");
     assert_eq!(dry["retried"], json!([]));
     // Not on a terminal and without --yes, nothing is retried.
-    cli.run(&["run", "retry", "--workflow", "flaky"]).await.code(2);
+    cli.run(&["run", "retry", "--workflow", "flaky"])
+        .await
+        .code(2);
     let done: Value = cli
         .run(&["run", "retry", "--workflow", "flaky", "--yes", "-o", "json"])
         .await
@@ -123,7 +144,15 @@ async fn retry_by_filter_shows_asks_and_retries(db: TestDb) {
         assert_eq!(run.status, RunStatus::Completed);
     }
     let none = cli
-        .run(&["run", "retry", "--workflow", "flaky", "--yes", "-o", "table"])
+        .run(&[
+            "run",
+            "retry",
+            "--workflow",
+            "flaky",
+            "--yes",
+            "-o",
+            "table",
+        ])
         .await
         .ok();
     assert!(none.stdout.contains("nothing to retry"), "{}", none.stdout);
@@ -145,12 +174,16 @@ async fn patch_status_says_whether_a_patch_can_go(db: TestDb) {
         (json!(1), json!(false))
     );
     let check = cli
-        .run(&["patch", "status", "flaky", "new-tax", "--check", "-o", "table"])
+        .run(&[
+            "patch", "status", "flaky", "new-tax", "--check", "-o", "table",
+        ])
         .await
         .code(1);
     assert!(check.stdout.contains("still needed"), "{}", check.stdout);
     let clear = cli
-        .run(&["patch", "status", "greet", "new-tax", "--check", "-o", "table"])
+        .run(&[
+            "patch", "status", "greet", "new-tax", "--check", "-o", "table",
+        ])
         .await
         .ok();
     assert!(clear.stdout.contains("safe to remove"), "{}", clear.stdout);
