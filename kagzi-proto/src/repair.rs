@@ -22,14 +22,29 @@ pub struct ForkRun {
     /// The step the fork runs again: the new run's journal holds copies of the steps recorded
     /// before it, and runs it and everything after. Absent: from the start (nothing copied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "utoipa", schema(example = "charge"))]
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+            example = "charge"
+        )
+    )]
     pub from_step: Option<String>,
     /// The new run's input (default: the original's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
     /// The new run's queue (default: the original's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "utoipa", schema(min_length = 1, max_length = 255))]
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        )
+    )]
     pub queue: Option<String>,
 }
 
