@@ -3,9 +3,10 @@
 
 db_url := env_var_or_default("KAGZI_DB_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
-# Make sure PostgreSQL is running and the workspace builds.
+# Make sure PostgreSQL is running, the browser tests have Chromium, and the workspace builds.
 setup:
     scripts/postgres.sh
+    command -v chromedriver >/dev/null || apt-get install -y chromium chromium-driver
     cargo build --workspace --all-targets
 
 # Run the server against PostgreSQL.

@@ -9,6 +9,7 @@ pub mod model;
 pub mod schedule;
 pub mod state;
 pub mod store;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -149,7 +149,6 @@ async fn kagzi_dev_prints_its_urls_serves_and_stops_on_sigint() {
 }
 
 #[tokio::test]
-#[ignore = "needs the /ui dashboard (lands with the dashboard)"]
 async fn kagzi_dev_serves_the_dashboard() {
     let dir = std::env::temp_dir().join(format!("kagzi-dev-ui-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("a working directory");

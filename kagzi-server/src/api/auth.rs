@@ -50,6 +50,49 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// A dashboard session token valid until `expires` (seconds since the Unix epoch), when
+    /// `presented` is one of the keys.
+    pub(crate) fn session_for(&self, presented: &str, expires: i64) -> Option<String> {
+        self.accepts(presented)
+            .then(|| session_token(&digest(presented), expires))
+    }
+
+    /// Whether `token` is a session token of one of the keys that has not expired at `now`
+    /// (seconds since the Unix epoch). Every key is compared, whatever matches.
+    pub(crate) fn session_valid(&self, token: &str, now: i64) -> bool {
+        let Some(expires) = token
+            .split_once('.')
+            .and_then(|(expires, _)| expires.parse::<i64>().ok())
+        else {
+            return false;
+        };
+        if expires <= now {
+            return false;
+        }
+        self.0
+            .iter()
+            .fold(subtle::Choice::from(0), |found, key| {
+                found
+                    | session_token(key, expires)
+                        .as_bytes()
+                        .ct_eq(token.as_bytes())
+            })
+            .into()
+    }
+}
+
+/// `EXPIRES.HASH`: the key's digest and the expiry, hashed, so that a token neither reveals
+/// the key nor can be made to last longer.
+fn session_token(key_digest: &[u8; 32], expires: i64) -> String {
+    let mut hash = Sha256::new();
+    hash.update(key_digest);
+    hash.update(b":kagzi-ui-session:");
+    hash.update(expires.to_string().as_bytes());
+    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{expires}.{hex}")
+}
+
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
@@ -100,6 +143,24 @@ mod tests {
         assert!(!keys.accepts("ol"));
         assert!(!keys.accepts(""));
         assert!(!Keys::default().enabled());
+    }
+
+    #[test]
+    fn a_session_token_is_valid_until_it_expires_and_only_for_a_key() {
+        let keys = Keys::new(&[ApiKey::from("old"), ApiKey::from("new")]);
+        assert_eq!(keys.session_for("wrong", 100), None);
+        let token = keys.session_for("new", 100).expect("a key");
+        assert!(keys.session_valid(&token, 99));
+        assert!(!keys.session_valid(&token, 100));
+        let longer = token.replacen("100.", "200.", 1);
+        assert!(
+            !keys.session_valid(&longer, 99),
+            "the expiry is part of the hash"
+        );
+        assert!(!keys.session_valid("100.abc", 99));
+        assert!(!keys.session_valid("garbage", 99));
+        let other = Keys::new(&[ApiKey::from("other")]);
+        assert!(!other.session_valid(&token, 99));
     }
 
     #[test]

@@ -7,12 +7,12 @@ pub mod error;
 pub mod extract;
 mod health;
 pub mod openapi;
-mod queues;
-mod repair;
+pub(crate) mod queues;
+pub(crate) mod repair;
 mod reports;
-mod runs;
-mod schedules;
-mod workers;
+pub(crate) mod runs;
+pub(crate) mod schedules;
+pub(crate) mod workers;
 mod workflows;
 
 use std::any::Any;
@@ -83,6 +83,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(docs)
+        .merge(crate::ui::router(keys.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(
@@ -135,7 +136,12 @@ async fn problem_for_bare_errors(response: Response<Body>) -> Response<Body> {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if is_problem {
+    // The dashboard's error pages are HTML for a person.
+    let is_page = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if is_problem || is_page {
         return response;
     }
     let title = status.canonical_reason().unwrap_or("Error");

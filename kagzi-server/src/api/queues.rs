@@ -28,7 +28,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     operation_id = "list_queues",
     responses((status = 200, description = "Each queue and workflow.", body = QueueList)),
 )]
-async fn list(State(state): State<AppState>) -> Result<Json<QueueList>> {
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<QueueList>> {
     let now = Utc::now();
     let queues = state.store.queue_stats(now).await?;
     Ok(Json(QueueList { now, queues }))

@@ -43,7 +43,10 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         (status = 409, description = "The run has not ended, or it completed (fork it instead).", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn retry(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Run>> {
     let run = state.store.retry_run(RunId(id), Utc::now()).await?;
     tracing::info!(run_id = %run.id, "run retried");
     Ok(Json(run.into()))
@@ -67,7 +70,7 @@ async fn retry(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Js
         (status = 404, description = "No such run, or its journal holds no step `from_step`.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn fork(
+pub(crate) async fn fork(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     Json(body): Json<ForkRun>,

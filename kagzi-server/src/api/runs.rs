@@ -209,7 +209,10 @@ pub(super) async fn start_checked(
     params(RunFilter),
     responses((status = 200, description = "One page of runs.", body = RunPage)),
 )]
-async fn list(State(state): State<AppState>, Query(q): Query<RunFilter>) -> Result<Json<RunPage>> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<RunFilter>,
+) -> Result<Json<RunPage>> {
     let limit = page_limit(q.limit)?;
     let filter = store_filter(q, limit + 1)?;
     let mut runs = state.store.list_runs(&filter).await?;
@@ -275,7 +278,7 @@ const COUNT_CAP: u64 = 10_000;
     params(RunFilter),
     responses((status = 200, description = "The counts by status.", body = RunCounts)),
 )]
-async fn counts(
+pub(crate) async fn counts(
     State(state): State<AppState>,
     Query(q): Query<RunFilter>,
 ) -> Result<Json<RunCounts>> {
@@ -297,7 +300,10 @@ async fn counts(
     params(("id" = Uuid, Path, description = "The run's id.")),
     responses((status = 200, description = "The run's signals.", body = SignalList)),
 )]
-async fn signals(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<SignalList>> {
+pub(crate) async fn signals(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<SignalList>> {
     Ok(Json(SignalList {
         signals: state.store.list_signals(RunId(id)).await?,
     }))
@@ -315,7 +321,7 @@ async fn signals(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<
     params(("id" = Uuid, Path, description = "The run's id.")),
     responses((status = 200, description = "The run.", body = Run)),
 )]
-async fn show(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
+pub(crate) async fn show(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
     Ok(Json(state.store.get_run(RunId(id)).await?.into()))
 }
 
@@ -331,7 +337,10 @@ async fn show(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Jso
     params(("id" = Uuid, Path, description = "The run's id.")),
     responses((status = 200, description = "The run's steps.", body = StepList)),
 )]
-async fn steps(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<StepList>> {
+pub(crate) async fn steps(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<StepList>> {
     let steps = state.store.list_steps(RunId(id)).await?;
     Ok(Json(StepList {
         steps: steps.into_iter().map(Into::into).collect(),
@@ -404,7 +413,10 @@ async fn result(
         (status = 409, description = "The run has already ended.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn cancel(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Run>> {
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Run>> {
     let run = state.store.cancel_run(RunId(id), Utc::now()).await?;
     tracing::info!(run_id = %run.id, "run cancelled");
     Ok(Json(run.into()))
@@ -430,7 +442,7 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<J
         (status = 409, description = "The run has already ended.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn signal(
+pub(crate) async fn signal(
     State(state): State<AppState>,
     Path((id, name)): Path<(Uuid, String)>,
     AnyJson(payload): AnyJson<Value>,

@@ -162,7 +162,7 @@ fn check_limit(limit: Option<u32>) -> Result<u32> {
     params(ScheduleFilter),
     responses((status = 200, description = "A page of schedules.", body = SchedulePage)),
 )]
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     Query(q): Query<ScheduleFilter>,
 ) -> Result<Json<SchedulePage>> {
@@ -196,7 +196,10 @@ async fn list(
         (status = 200, description = "The schedule.", body = Schedule),
     ),
 )]
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Schedule>> {
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Schedule>> {
     Ok(Json(state.store.get_schedule(&key(&id)).await?.into()))
 }
 
@@ -302,7 +305,10 @@ async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> Result
         (status = 200, description = "The schedule, paused.", body = Schedule),
     ),
 )]
-async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Schedule>> {
+pub(crate) async fn pause(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Schedule>> {
     let schedule = state.store.get_schedule(&key(&id)).await?;
     let paused = state
         .store
@@ -326,7 +332,10 @@ async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> Result<
         (status = 409, description = "The schedule's expression no longer parses.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Schedule>> {
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Schedule>> {
     let schedule = state.store.get_schedule(&key(&id)).await?;
     let cron = schedule.spec().map_err(ApiError::Conflict)?;
     let now = Utc::now();
@@ -353,7 +362,7 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result
         (status = 201, description = "A run was started now.", body = Triggered),
     ),
 )]
-async fn trigger(
+pub(crate) async fn trigger(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Triggered>)> {
@@ -384,7 +393,7 @@ async fn trigger(
     params(("id" = String, Path, description = "The schedule's id or unique name."), ScheduleRunsQuery),
     responses((status = 200, description = "A page of the schedule's runs.", body = RunPage)),
 )]
-async fn runs(
+pub(crate) async fn runs(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<ScheduleRunsQuery>,

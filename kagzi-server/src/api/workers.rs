@@ -129,7 +129,7 @@ async fn register(
     params(WorkerFilter),
     responses((status = 200, description = "One page of workers.", body = WorkerPage)),
 )]
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     Query(q): Query<WorkerFilter>,
 ) -> Result<Json<WorkerPage>> {
