@@ -71,44 +71,70 @@ async fn status_of(client: &Client, id: RunId) -> RunStatus {
     client.run(id).await.expect("run").status
 }
 
+/// A server with a worker of `order` and `boom`, three orders waiting for approval (idempotency
+/// keys `order-0` to `order-2`) and one failed `boom`.
+struct Shop {
+    /// Kept so that the server runs as long as the test.
+    _server: kagzi_server::Server,
+    base: String,
+    client: Client,
+    stop: tokio_util::sync::CancellationToken,
+    orders: Vec<RunId>,
+    failed: RunId,
+}
+
+impl Shop {
+    async fn open(db: &TestDb) -> Self {
+        let server = db.start_server().await;
+        let base = support::url(&server);
+        let client = Client::connect(&base).await.expect("client");
+        let mut worker = Worker::builder(&base, "shop")
+            .build()
+            .await
+            .expect("worker");
+        workflows(&mut worker);
+        let (stop, _worker) = support::spawn_worker(worker);
+        let mut orders = Vec::new();
+        for n in 0..3 {
+            let id = client
+                .workflow("order", "shop", json!({"n": n}))
+                .idempotency_key(format!("order-{n}"))
+                .await
+                .expect("start");
+            orders.push(id);
+        }
+        let failed = client.workflow("boom", "shop", ()).await.expect("start");
+        for id in &orders {
+            eventually(
+                "the order waits for approval",
+                Duration::from_secs(10),
+                || async { status_of(&client, *id).await == RunStatus::Waiting },
+            )
+            .await;
+        }
+        eventually("boom fails", Duration::from_secs(10), || async {
+            status_of(&client, failed).await == RunStatus::Failed
+        })
+        .await;
+        Self {
+            _server: server,
+            base,
+            client,
+            stop,
+            orders,
+            failed,
+        }
+    }
+}
+
 async fn the_dashboard_shows_runs_and_acts_on_them(db: TestDb) {
-    let server = db.start_server().await;
-    let base = support::url(&server);
-    let client = Client::connect(&base).await.expect("client");
-    let mut worker = Worker::builder(&base, "shop")
-        .build()
-        .await
-        .expect("worker");
-    workflows(&mut worker);
-    let (stop, _worker) = support::spawn_worker(worker);
+    let shop = Shop::open(&db).await;
+    let (base, client, orders, failed) = (&shop.base, &shop.client, &shop.orders, shop.failed);
     let http = browser_like();
 
     let root = http.get(format!("{base}/")).send().await.expect("GET /");
     assert!(root.status().is_redirection());
     assert_eq!(root.headers()[LOCATION], "/ui");
-
-    let mut orders = Vec::new();
-    for n in 0..3 {
-        let id = client
-            .workflow("order", "shop", json!({"n": n}))
-            .idempotency_key(format!("order-{n}"))
-            .await
-            .expect("start");
-        orders.push(id);
-    }
-    let failed = client.workflow("boom", "shop", ()).await.expect("start");
-    for id in &orders {
-        eventually(
-            "the order waits for approval",
-            Duration::from_secs(10),
-            || async { status_of(&client, *id).await == RunStatus::Waiting },
-        )
-        .await;
-    }
-    eventually("boom fails", Duration::from_secs(10), || async {
-        status_of(&client, failed).await == RunStatus::Failed
-    })
-    .await;
 
     // The runs page: every run, counts per status, filters.
     let (status, page) = get(&http, &format!("{base}/ui")).await;
@@ -179,24 +205,24 @@ async fn the_dashboard_shows_runs_and_acts_on_them(db: TestDb) {
         .await
         .expect("POST");
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
-    assert_eq!(status_of(&client, order).await, RunStatus::Waiting);
+    assert_eq!(status_of(client, order).await, RunStatus::Waiting);
 
     // A payload that is not JSON is refused and said so; the run still waits.
     let path = format!("/ui/runs/{order}/signal");
     let back = post(
         &http,
-        &base,
+        base,
         &path,
         &[("name", "approve"), ("payload", "{oops")],
     )
     .await;
     assert!(back.contains("problem=the+payload+is+not+JSON"), "{back}");
-    assert_eq!(status_of(&client, order).await, RunStatus::Waiting);
+    assert_eq!(status_of(client, order).await, RunStatus::Waiting);
 
     // The signal form completes the run.
     let back = post(
         &http,
-        &base,
+        base,
         &path,
         &[("name", "approve"), ("payload", r#"{"by": "ops"}"#)],
     )
@@ -206,7 +232,7 @@ async fn the_dashboard_shows_runs_and_acts_on_them(db: TestDb) {
         "{back}"
     );
     eventually("the order completes", Duration::from_secs(10), || async {
-        status_of(&client, order).await == RunStatus::Completed
+        status_of(client, order).await == RunStatus::Completed
     })
     .await;
     let (_, page) = get(&http, &format!("{base}/ui/runs/{order}")).await;
@@ -227,23 +253,23 @@ async fn the_dashboard_shows_runs_and_acts_on_them(db: TestDb) {
 
     // Cancel, retry, fork and delete from their buttons.
     let cancelled = orders[1];
-    post(&http, &base, &format!("/ui/runs/{cancelled}/cancel"), &[]).await;
-    assert_eq!(status_of(&client, cancelled).await, RunStatus::Cancelled);
-    let again = post(&http, &base, &format!("/ui/runs/{cancelled}/cancel"), &[]).await;
+    post(&http, base, &format!("/ui/runs/{cancelled}/cancel"), &[]).await;
+    assert_eq!(status_of(client, cancelled).await, RunStatus::Cancelled);
+    let again = post(&http, base, &format!("/ui/runs/{cancelled}/cancel"), &[]).await;
     assert!(
         again.contains("problem="),
         "a second cancel is refused: {again}"
     );
-    post(&http, &base, &format!("/ui/runs/{cancelled}/retry"), &[]).await;
+    post(&http, base, &format!("/ui/runs/{cancelled}/retry"), &[]).await;
     eventually(
         "the retried order waits again",
         Duration::from_secs(10),
-        || async { status_of(&client, cancelled).await == RunStatus::Waiting },
+        || async { status_of(client, cancelled).await == RunStatus::Waiting },
     )
     .await;
     let forked = post(
         &http,
-        &base,
+        base,
         &format!("/ui/runs/{order}/fork"),
         &[
             ("from_step", "signal:approve"),
@@ -261,14 +287,14 @@ async fn the_dashboard_shows_runs_and_acts_on_them(db: TestDb) {
     eventually(
         "the fork waits for its own approval",
         Duration::from_secs(10),
-        || async { status_of(&client, fork_id).await == RunStatus::Waiting },
+        || async { status_of(client, fork_id).await == RunStatus::Waiting },
     )
     .await;
     assert_eq!(
         client.run(fork_id).await.expect("run").forked_from,
         Some(order)
     );
-    let gone = post(&http, &base, &format!("/ui/runs/{failed}/delete"), &[]).await;
+    let gone = post(&http, base, &format!("/ui/runs/{failed}/delete"), &[]).await;
     assert!(gone.starts_with("/ui?notice="), "{gone}");
     let (status, page) = get(&http, &format!("{base}/ui/runs/{failed}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -285,13 +311,7 @@ async fn the_dashboard_shows_runs_and_acts_on_them(db: TestDb) {
     assert!(page.contains("morning orders") && page.contains("0 0 9 * * *"));
     let (_, page) = get(&http, &format!("{base}/ui/schedules/morning%20orders")).await;
     assert_eq!(page.matches("<li>").count(), 5, "the next five due times");
-    post(
-        &http,
-        &base,
-        &format!("/ui/schedules/{schedule}/pause"),
-        &[],
-    )
-    .await;
+    post(&http, base, &format!("/ui/schedules/{schedule}/pause"), &[]).await;
     assert!(
         client
             .schedules()
@@ -302,7 +322,7 @@ async fn the_dashboard_shows_runs_and_acts_on_them(db: TestDb) {
     );
     let started = post(
         &http,
-        &base,
+        base,
         &format!("/ui/schedules/{schedule}/trigger"),
         &[],
     )
@@ -329,7 +349,7 @@ async fn the_dashboard_shows_runs_and_acts_on_them(db: TestDb) {
             .expect("ascii")
             .starts_with("application/problem+json")
     );
-    stop.cancel();
+    shop.stop.cancel();
 }
 
 async fn with_an_api_key_the_dashboard_asks_for_it_once(db: TestDb) {
@@ -607,36 +627,8 @@ impl Browser {
 }
 
 async fn a_person_finds_a_run_reads_its_timeline_and_acts_in_a_browser(db: TestDb) {
-    let server = db.start_server().await;
-    let base = support::url(&server);
-    let client = Client::connect(&base).await.expect("client");
-    let mut worker = Worker::builder(&base, "shop")
-        .build()
-        .await
-        .expect("worker");
-    workflows(&mut worker);
-    let (stop, _worker) = support::spawn_worker(worker);
-    let mut orders = Vec::new();
-    for n in 0..3 {
-        orders.push(
-            client
-                .workflow("order", "shop", json!({"n": n}))
-                .idempotency_key(format!("order-{n}"))
-                .await
-                .expect("start"),
-        );
-    }
-    let failed = client.workflow("boom", "shop", ()).await.expect("start");
-    for id in &orders {
-        eventually("the order waits", Duration::from_secs(10), || async {
-            status_of(&client, *id).await == RunStatus::Waiting
-        })
-        .await;
-    }
-    eventually("boom fails", Duration::from_secs(10), || async {
-        status_of(&client, failed).await == RunStatus::Failed
-    })
-    .await;
+    let shop = Shop::open(&db).await;
+    let (base, client, orders) = (&shop.base, &shop.client, &shop.orders);
     let browser = Browser::start().await;
     let c = &browser.client;
 
@@ -707,7 +699,7 @@ async fn a_person_finds_a_run_reads_its_timeline_and_acts_in_a_browser(db: TestD
         .await
         .expect("cancel");
     browser.text_becomes(".run-head .badge", "cancelled").await;
-    assert_eq!(status_of(&client, orders[1]).await, RunStatus::Cancelled);
+    assert_eq!(status_of(client, orders[1]).await, RunStatus::Cancelled);
 
     // A schedule is paused and triggered from its page.
     let schedule = client
@@ -756,7 +748,7 @@ async fn a_person_finds_a_run_reads_its_timeline_and_acts_in_a_browser(db: TestD
         Some(schedule)
     );
     browser.stop().await;
-    stop.cancel();
+    shop.stop.cancel();
 }
 
 both_stores!(

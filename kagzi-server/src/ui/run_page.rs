@@ -223,18 +223,7 @@ fn children(seen: &Seen, now: DateTime<Utc>) -> Markup {
     }
     let by_status: Vec<(RunStatus, u64)> = RunStatus::ALL
         .into_iter()
-        .map(|s| {
-            let n = match s {
-                RunStatus::Pending => counts.pending,
-                RunStatus::Running => counts.running,
-                RunStatus::Sleeping => counts.sleeping,
-                RunStatus::Waiting => counts.waiting,
-                RunStatus::Completed => counts.completed,
-                RunStatus::Failed => counts.failed,
-                _ => counts.cancelled,
-            };
-            (s, n)
-        })
+        .map(|s| (s, counts.get(s)))
         .filter(|(_, n)| *n > 0)
         .collect();
     let all = format!("/ui?parent={}", seen.run.id);

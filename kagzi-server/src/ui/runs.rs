@@ -179,7 +179,9 @@ pub(crate) async fn page(
     )?;
     let (page, counts) = (page.0, counts.0);
     let active = page.runs.iter().any(|r| !r.status.is_terminal())
-        || counts.pending + counts.running + counts.sleeping + counts.waiting > 0;
+        || RunStatus::ALL
+            .iter()
+            .any(|s| !s.is_terminal() && counts.get(*s) > 0);
     let login = state.config.api_keys().next().is_some();
     let body = html! {
         (flash.banner())
@@ -233,30 +235,22 @@ fn filters(q: &RunsQuery) -> Markup {
 }
 
 fn tabs(q: &RunsQuery, current: Option<RunStatus>, counts: &RunCounts) -> Markup {
-    let shown = |n: u64| {
-        if counts.capped && n >= counts.cap {
-            format!("{}+", format::count(counts.cap))
+    // A capped count is a lower bound, and says so.
+    let shown = |n: u64, capped: bool| {
+        if capped {
+            format!("{}+", format::count(n))
         } else {
             format::count(n)
         }
     };
-    let of = |status: RunStatus| match status {
-        RunStatus::Pending => counts.pending,
-        RunStatus::Running => counts.running,
-        RunStatus::Sleeping => counts.sleeping,
-        RunStatus::Waiting => counts.waiting,
-        RunStatus::Completed => counts.completed,
-        RunStatus::Failed => counts.failed,
-        _ => counts.cancelled,
-    };
     html! {
         nav.tabs aria-label="Status" {
             a href=(q.link(&[("status", None)])) aria-current=[current.is_none().then_some("page")] {
-                "all " span.count { (shown(counts.total)) }
+                "all " span.count { (shown(counts.total, counts.capped)) }
             }
             @for status in RunStatus::ALL {
                 a href=(q.link(&[("status", Some(status.as_str()))])) aria-current=[(current == Some(status)).then_some("page")] data-status=(status.as_str()) {
-                    (status.as_str()) " " span.count { (shown(of(status))) }
+                    (status.as_str()) " " span.count { (shown(counts.get(status), counts.is_capped(status))) }
                 }
             }
         }
