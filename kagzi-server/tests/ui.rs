@@ -401,41 +401,30 @@ async fn with_an_api_key_the_dashboard_asks_for_it_once(db: TestDb) {
     assert!(!cookie.contains("s3cret"), "the cookie is not the key");
     let session = cookie.split(';').next().expect("name=value").to_owned();
 
-    let page = http
-        .get(format!("{base}/ui"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(page.status(), StatusCode::OK);
-    let forged = format!("{}0", session);
-    let page = http
-        .get(format!("{base}/ui"))
-        .header("cookie", &forged)
-        .send()
-        .await
-        .expect("GET");
+    let with = |path: &str, cookie: &str| {
+        http.get(format!("{base}{path}"))
+            .header("cookie", cookie.to_owned())
+            .send()
+    };
+    let status = |answer: reqwest::Response| answer.status();
+    assert_eq!(
+        status(with("/ui", &session).await.expect("GET")),
+        StatusCode::OK
+    );
+    let forged = format!("{session}0");
+    let page = with("/ui", &forged).await.expect("GET");
     assert_eq!(
         page.status(),
         StatusCode::SEE_OTHER,
         "a changed cookie is no session"
     );
-    let api = http
-        .get(format!("{base}/v1/runs"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .expect("GET");
+    let api = with("/v1/runs", &session).await.expect("GET");
     assert_eq!(
         api.status(),
         StatusCode::UNAUTHORIZED,
         "the API still wants its bearer key"
     );
-    let css = http
-        .get(format!("{base}/ui/assets/kagzi.css"))
-        .send()
-        .await
-        .expect("GET");
+    let css = with("/ui/assets/kagzi.css", "").await.expect("GET");
     assert_eq!(
         css.status(),
         StatusCode::OK,
