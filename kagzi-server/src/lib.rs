@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+mod meter;
 pub mod model;
 pub mod schedule;
 pub mod state;
@@ -73,6 +74,8 @@ impl Server {
         store: Arc<dyn Store>,
     ) -> Result<Self, ServeError> {
         store.migrate().await?;
+        // Installed before the first request, so that no count is lost.
+        meter::handle();
         let listener = TcpListener::bind((config.host, config.port)).await?;
         let addr = listener.local_addr()?;
         let state = AppState::new(store, config);

@@ -35,6 +35,7 @@ fn every_operation_documents_its_answers_and_errors() {
     let paths = doc["paths"].as_object().expect("paths");
     let expected = [
         ("/healthz", "get"),
+        ("/metrics", "get"),
         ("/readyz", "get"),
         ("/v1/runs", "get"),
         ("/v1/runs", "post"),

@@ -99,12 +99,33 @@ pub(crate) fn router(state: AppState) -> Router {
             },
         ))
         .layer(CatchPanicLayer::custom(panic_answer))
+        .layer(axum::middleware::from_fn(count_request))
         .layer(axum::middleware::map_response(problem_for_bare_errors))
         .layer(TraceLayer::new_for_http())
         .layer(SetSensitiveRequestHeadersLayer::new(once(
             header::AUTHORIZATION,
         )))
         .with_state(state)
+}
+
+/// Counts and times each request by method, route pattern (never the path itself, which
+/// holds ids) and status.
+async fn count_request(req: Request, next: axum::middleware::Next) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(req).await;
+    crate::meter::http_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

@@ -218,7 +218,7 @@ fn add_common_answers(path: &str, operation: &mut Operation) {
         answers.push(("422", "UnprocessableEntity"));
     }
     answers.push(("500", "InternalServerError"));
-    if guarded || path == "/readyz" {
+    if guarded || path == "/readyz" || path == "/metrics" {
         answers.push(("503", "ServiceUnavailable"));
     }
     for (status, name) in answers {

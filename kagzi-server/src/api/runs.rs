@@ -376,6 +376,7 @@ async fn result(
     let deadline = tokio::time::Instant::now() + wait;
     let recheck = Duration::from_millis(state.config.poll_recheck_ms);
     let subscription = state.wakeups.runs.subscribe(id);
+    let _waiting = crate::meter::Waiting::start("result");
     loop {
         let notified = subscription.notified();
         tokio::pin!(notified);

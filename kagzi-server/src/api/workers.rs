@@ -223,6 +223,7 @@ async fn poll(
     let recheck = Duration::from_millis(state.config.poll_recheck_ms);
     let lease = chrono::Duration::from_std(state.config.lease()).unwrap_or_default();
     let subscription = state.wakeups.queues.subscribe(worker.queue.clone());
+    let _waiting = crate::meter::Waiting::start("claim");
     loop {
         let notified = subscription.notified();
         tokio::pin!(notified);

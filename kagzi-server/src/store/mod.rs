@@ -50,6 +50,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// When a migration fails, or the database was migrated by a newer Kagzi.
     async fn migrate(&self) -> Result<()>;
 
+    /// The database pool's connections now.
+    fn pool_stats(&self) -> PoolStats;
+
     /// Checks that the database answers.
     ///
     /// # Errors
@@ -504,6 +507,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// On a database failure.
     async fn queue_stats(&self, now: DateTime<Utc>) -> Result<Vec<QueueStats>>;
+}
+
+/// A database pool's connections at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open (idle or in use).
+    pub open: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most the pool opens.
+    pub max: u32,
 }
 
 /// The default database: an SQLite file in the working directory.
