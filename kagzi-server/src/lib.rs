@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod logs;
 mod meter;
 pub mod model;
 pub mod schedule;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kagzi_server::{Config, Server};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,11 +23,7 @@ async fn run() -> anyhow::Result<()> {
         print!("{}", kagzi_server::openapi_json());
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    kagzi_server::logs::init("info", false).map_err(anyhow::Error::msg)?;
     let server = Server::start(config).await?;
     let shutdown = server.state().shutdown.clone();
     tokio::spawn(async move {

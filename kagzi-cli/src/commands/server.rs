@@ -1,12 +1,10 @@
 //! `kagzi dev` and `kagzi server`: the Kagzi server, run in this process through the
 //! `kagzi-server` library, until SIGINT or SIGTERM.
 
-use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use clap::Parser;
 use kagzi_server::{Config, Server};
-use tracing_subscriber::EnvFilter;
 
 use crate::args::{DevArgs, Global};
 use crate::error::{Error, Result};
@@ -22,7 +20,7 @@ pub(crate) async fn dev(args: &DevArgs, global: &Global, out: &Output) -> Result
     config.host = args.host;
     config.port = args.port;
     config.api_keys = global.api_keys.clone();
-    init_logs("warn");
+    init_logs("warn")?;
     let server = Server::start(config).await?;
     let base = format!("http://{}", reachable(server.addr()));
     let line = |label: &str, url: String| {
@@ -55,20 +53,14 @@ pub(crate) async fn serve(config: Config, out: &Output) -> Result<()> {
     if config.print_openapi {
         return out.print(kagzi_server::openapi_json().trim_end());
     }
-    init_logs("info");
+    init_logs("info")?;
     let server = Server::start(config).await?;
     serve_until_signal(server).await
 }
 
-/// Logs to standard error, filtered by `RUST_LOG` (else `default`).
-fn init_logs(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // A second subscriber cannot be set; the first one stays, which is fine.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+/// Logs to standard error, filtered by `RUST_LOG` (else `default`), as `KAGZI_LOG_FORMAT` says.
+fn init_logs(default: &str) -> Result<()> {
+    kagzi_server::logs::init(default, true).map_err(Error::Usage)
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts down: long-polls end, in-flight requests
