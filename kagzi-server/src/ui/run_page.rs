@@ -96,7 +96,7 @@ pub(crate) async fn page(
     let seen = read(&state, id).await?;
     let now = Utc::now();
     let run = &seen.run;
-    let login = state.config.api_keys().next().is_some();
+    let login = super::session::login_enabled(&state);
     let title = format!("{} {}", run.workflow, format::short(&run.id));
     let body = html! {
         (flash.banner())

@@ -182,7 +182,7 @@ pub(crate) async fn page(
         || RunStatus::ALL
             .iter()
             .any(|s| !s.is_terminal() && counts.get(*s) > 0);
-    let login = state.config.api_keys().next().is_some();
+    let login = super::session::login_enabled(&state);
     let body = html! {
         (flash.banner())
         (filters(&q))

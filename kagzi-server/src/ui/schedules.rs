@@ -64,7 +64,7 @@ pub(crate) async fn list_page(
         .await?
         .0;
     let now = Utc::now();
-    let login = state.config.api_keys().next().is_some();
+    let login = super::session::login_enabled(&state);
     let body = html! {
         (flash.banner())
         h1 { "Schedules" }
@@ -126,7 +126,7 @@ pub(crate) async fn page(
         .0
         .runs;
     let now = Utc::now();
-    let login = state.config.api_keys().next().is_some();
+    let login = super::session::login_enabled(&state);
     let (name, _) = label(&s);
     let body = html! {
         (flash.banner())

@@ -15,6 +15,11 @@ use super::layout::{self, Nav};
 use crate::api::auth::Keys;
 use crate::state::AppState;
 
+/// Whether the dashboard asks for a key: the server has API keys.
+pub(crate) fn login_enabled(state: &AppState) -> bool {
+    state.config.api_keys().next().is_some()
+}
+
 /// The session cookie's name.
 const COOKIE: &str = "kagzi_session";
 /// How long a login lasts, in seconds.
@@ -151,7 +156,7 @@ fn login_page(next: &str, problem: Option<&str>) -> Markup {
 
 /// `GET /ui/login`: the form, or the dashboard when the server has no keys.
 pub(crate) async fn form(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
-    if state.config.api_keys().next().is_none() {
+    if !login_enabled(&state) {
         return Redirect::to("/ui").into_response();
     }
     login_page(safe_next(q.next.as_deref()), None).into_response()

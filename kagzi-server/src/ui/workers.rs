@@ -31,7 +31,7 @@ pub(crate) async fn workers_page(State(state): State<AppState>) -> Result<Respon
         .iter()
         .filter(|w| w.status == WorkerStatus::Online)
         .count();
-    let login = state.config.api_keys().next().is_some();
+    let login = super::session::login_enabled(&state);
     let body = html! {
         div #workers data-refresh="2000" {
             h1 { "Workers " span.muted { "· " (online) " online of " (page.workers.len()) } }
@@ -70,7 +70,7 @@ pub(crate) async fn workers_page(State(state): State<AppState>) -> Result<Respon
 pub(crate) async fn queues_page(State(state): State<AppState>) -> Result<Response> {
     let list = api::queues::list(State(state.clone())).await?.0;
     let now = list.now;
-    let login = state.config.api_keys().next().is_some();
+    let login = super::session::login_enabled(&state);
     let body = html! {
         div #queues data-refresh="2000" {
             h1 { "Queues" }
